@@ -1,0 +1,74 @@
+"""The database edge: resolving the URL, opening connections, adapting xid8."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.adapt import Loader
+from psycopg.conninfo import conninfo_to_dict
+
+from cdc.errors import DatabaseUnavailable
+from cdc.settings import Settings
+
+
+def resolve_url(settings: Settings) -> str:
+    """Return the database URL: `DATABASE_URL`, or the embedded server's (started if needed)."""
+    if settings.database_url:
+        return settings.database_url
+    from cdc import embedded
+
+    return embedded.start(settings.data_dir)
+
+
+class Xid8Loader(Loader):
+    """Load xid8 as a Python int (psycopg has no built-in adapter for it)."""
+
+    def load(self, data: Any) -> int:
+        return int(bytes(data))
+
+
+def register_types(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    """Adapt pgtide's column types on `conn`."""
+    conn.adapters.register_loader("xid8", Xid8Loader)
+
+
+def connect(url: str, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:
+    """Open a connection, turning connection failures into `DatabaseUnavailable`."""
+    try:
+        conn = psycopg.connect(url, autocommit=autocommit, **kwargs)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect to {redact(url)}: {first_line(exc)}") from exc
+    register_types(conn)
+    return conn
+
+
+async def aconnect(
+    url: str, *, autocommit: bool = True, **kwargs: Any
+) -> psycopg.AsyncConnection[Any]:
+    """Async twin of `connect`."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=autocommit, **kwargs)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect to {redact(url)}: {first_line(exc)}") from exc
+    register_types(conn)
+    return conn
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (libpq's are multi-line)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparseable database URL>"
+    host = params.get("host", "localhost")
+    port = params.get("port", "5432")
+    return f"{params.get('user', '')}@{host}:{port}/{params.get('dbname', '')}"

@@ -1,0 +1,23 @@
+"""Runtime SQL, kept in `queries.sql` as named blocks (`-- name: x`) and parsed once."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import LiteralString, cast
+
+_BLOCK = re.compile(r"^-- name: (\w+)\n", re.MULTILINE)
+
+
+def _parse(text: str) -> dict[str, LiteralString]:
+    parts = _BLOCK.split(text)
+    out: dict[str, LiteralString] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        lines = [ln for ln in body.strip().splitlines() if not ln.startswith("--")]
+        out[name] = cast(LiteralString, "\n".join(lines).strip().rstrip(";"))
+    return out
+
+
+queries: dict[str, LiteralString] = _parse(
+    (Path(__file__).with_name("queries.sql")).read_text(encoding="utf-8")
+)

@@ -1,0 +1,83 @@
+-- pgtide's runtime SQL. Each block: `-- name: <name>`, a description line, the SQL.
+-- xid8 values cross the wire as text and are compared in SQL as xid8, never as text.
+
+-- name: discover
+-- One statement, so one snapshot: its xmax, its in-progress xids, and the committed
+-- transactions not yet sequenced (txid >= next_xid or still listed as open), in order
+-- of their largest log id.
+WITH snap AS MATERIALIZED (SELECT pg_current_snapshot() AS s),
+pending AS (
+    SELECT txid, max(id) AS last_id, count(*) AS n
+      FROM sync_log
+     WHERE txid >= %(next_xid)s::xid8 OR txid = ANY (%(open_xids)s::xid8[])
+     GROUP BY txid
+)
+SELECT pg_snapshot_xmax(snap.s)::text AS xmax,
+       ARRAY(SELECT x::text FROM pg_snapshot_xip(snap.s) AS x) AS xip,
+       ARRAY(SELECT txid::text FROM pending ORDER BY last_id) AS txids,
+       ARRAY(SELECT n FROM pending ORDER BY last_id) AS counts
+  FROM snap;
+
+-- name: sequence_batch
+-- Append the chosen transactions' rows to sync_order (transactions in the given order,
+-- rows by id) and move the state in the same statement, hence the same commit. A stale
+-- leader collides on sync_order's keys or matches no state row, and commits nothing.
+WITH ins AS (
+    INSERT INTO sync_order (seq, log_id)
+    SELECT %(last_seq)s::bigint + row_number() OVER (ORDER BY t.ord, l.id), l.id
+      FROM unnest(%(txids)s::xid8[]) WITH ORDINALITY AS t(txid, ord)
+      JOIN sync_log l ON l.txid = t.txid
+    RETURNING seq
+), upd AS (
+    UPDATE sync_sequencer
+       SET last_seq = %(last_seq)s::bigint + (SELECT count(*) FROM ins),
+           next_xid = %(next_xid)s::xid8,
+           open_xids = %(open_xids)s::xid8[],
+           updated_at = now()
+     WHERE last_seq = %(last_seq)s::bigint
+    RETURNING last_seq
+)
+SELECT last_seq, pg_notify('pgtide_sequenced', last_seq::text) FROM upd;
+
+-- name: load_state
+-- The sequencer's committed state.
+SELECT next_xid::text AS next_xid, open_xids::text[] AS open_xids, last_seq FROM sync_sequencer;
+
+-- name: try_lead
+-- Take the sequencer's leader lock (session-level, per database) if it is free.
+SELECT pg_try_advisory_lock(%(key)s::bigint);
+
+-- name: set_doorbell
+-- 1: the sequencer sleeps and writers ring; 0: it polls and they do not.
+SELECT setval('sync_doorbell', %(value)s::bigint, true);
+
+-- name: read_after
+-- The next changes after a cursor, in seq order.
+SELECT o.seq, l.id, l.txid::text AS txid, l.at, l.schema_name, l.table_name, l.op, l.pk,
+       l.new_row, l.old_row, l.changed, l.actor, l.origin, l.mutation_id, l.db_role
+  FROM sync_order o
+  JOIN sync_log l ON l.id = o.log_id
+ WHERE o.seq > %(after)s::bigint
+ ORDER BY o.seq
+ LIMIT %(limit)s;
+
+-- name: head
+-- The largest seq handed out so far (0 before the first).
+SELECT last_seq FROM sync_sequencer;
+
+-- name: track
+-- Attach capture to a table; returns its primary key's columns.
+SELECT pgtide.track_v1(%(table)s::regclass);
+
+-- name: untrack
+-- Detach capture; returns whether the table was tracked.
+SELECT pgtide.untrack_v1(%(table)s::regclass);
+
+-- name: tracked_tables
+-- Tracked tables with their number of logged changes (one scan of sync_log).
+SELECT t.schema_name, t.table_name, t.pk_columns, t.tracked_at, coalesce(c.n, 0) AS changes
+  FROM sync_tracked t
+  LEFT JOIN (SELECT schema_name, table_name, count(*) AS n
+               FROM sync_log GROUP BY schema_name, table_name) c
+    USING (schema_name, table_name)
+ ORDER BY t.schema_name, t.table_name;

@@ -1,0 +1,34 @@
+"""One settings object, read from the environment (`DATABASE_URL`, `PGTIDE_*`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """pgtide's settings. Every field is listed in docs/operations.md."""
+
+    model_config = SettingsConfigDict(env_prefix="PGTIDE_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "PGTIDE_DATABASE_URL"),
+        description="libpq URL of the database; unset starts the embedded PostgreSQL.",
+    )
+    data_dir: Path = Field(
+        default=Path(".pgtide"),
+        description="Where the embedded PostgreSQL keeps its data (when DATABASE_URL is unset).",
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Sequencer tuning: a busy sequencer polls every `poll_min_ms`, doubling on
+    # empty passes up to `poll_max_ms`, then goes to sleep on the doorbell.
+    poll_min_ms: float = 1.0
+    poll_max_ms: float = 16.0
+    # Slow safety poll while asleep: a lost notification delays, never loses.
+    safety_poll_s: float = 1.0
+    # Rows sequenced per batch when a backlog has built up.
+    batch_rows: int = 5000
