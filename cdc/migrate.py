@@ -81,7 +81,8 @@ def _apply_triggers_if_changed(url: str) -> bool:
     digest = _digest(text)
     with db.connect(url) as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-        row = conn.execute("SELECT obj_description('pgtide'::regnamespace, 'pg_namespace')").fetchone()
+        recorded = conn.execute("SELECT obj_description('pgtide'::regnamespace, 'pg_namespace')")
+        row = recorded.fetchone()
         if row and row[0] == digest:
             return False
         conn.execute(text.encode())  # bytes: no placeholder parsing, several statements

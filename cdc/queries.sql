@@ -47,6 +47,10 @@ SELECT next_xid::text AS next_xid, open_xids::text[] AS open_xids, last_seq FROM
 -- Take the sequencer's leader lock (session-level, per database) if it is free.
 SELECT pg_try_advisory_lock(%(key)s::bigint);
 
+-- name: listen_doorbell
+-- The sequencer's wake-up channel (DOORBELL_CHANNEL in cdc/sequencer.py).
+LISTEN pgtide_doorbell;
+
 -- name: set_doorbell
 -- 1: the sequencer sleeps and writers ring; 0: it polls and they do not.
 SELECT setval('sync_doorbell', %(value)s::bigint, true);

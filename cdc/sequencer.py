@@ -1,0 +1,307 @@
+"""The sequencer: gives every committed change its place `seq` in one true order.
+
+See DESIGN.md, sections Ordering and Doorbell. One leader per database (a session
+advisory lock on the sequencer's own connection). Each pass reads, in one
+statement and so one snapshot, the committed `sync_log` rows whose txid is
+`>= next_xid` or still in `open_xids`, orders their transactions by largest
+log id, and appends `(seq, log_id)` to `sync_order` together with the new
+state `(xmax, xip + leftovers, last_seq)` in one commit.
+
+Doorbell states (the flag is the `sync_doorbell` sequence):
+
+    ASLEEP   flag 1: writers NOTIFY; wait for a ring or the safety poll
+    BUSY     flag 0: poll every poll_min_ms, doubling on empty passes
+    DRAINING flag 1 again: poll (backing off) until every transaction that
+             was open when the flag went up has ended, then ASLEEP
+
+A writer that read flag 0 already had its xid when the flag went up, so it
+is either visible to the DRAINING snapshot or in its xip, which DRAINING
+waits out: going to sleep loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import random
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from cdc import db
+from cdc.errors import PgtideError
+from cdc.queries import queries
+from cdc.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LEADER_LOCK_KEY = 0x70677469646573  # 'pgtides'
+DOORBELL_CHANNEL = "pgtide_doorbell"
+SEQUENCED_CHANNEL = "pgtide_sequenced"
+
+
+class LostLeadership(PgtideError):
+    """Another sequencer moved the state: this one is no longer the leader."""
+
+
+class Mode(enum.Enum):
+    """Where the sequencer is in the doorbell protocol."""
+
+    STANDBY = "standby"
+    BUSY = "busy"
+    DRAINING = "draining"
+    ASLEEP = "asleep"
+
+
+@dataclass
+class Stats:
+    """Counters for tests, logs and metrics."""
+
+    passes: int = 0
+    batches: int = 0
+    sequenced: int = 0
+    rings: int = 0
+    safety_polls: int = 0
+    reconnects: int = 0
+
+
+@dataclass
+class PassResult:
+    """What one discovery pass saw and did."""
+
+    rows: int
+    xip: list[int]
+    backlog: bool
+
+
+@dataclass
+class Backoff:
+    """Jittered exponential backoff for reconnects (1 s ±10 %, doubling, capped)."""
+
+    base: float = 1.0
+    cap: float = 30.0
+    _next: float = field(default=0.0, init=False)
+
+    def reset(self) -> None:
+        """Start again from `base`."""
+        self._next = 0.0
+
+    def next(self) -> float:
+        """The next delay."""
+        self._next = self.base if self._next == 0.0 else min(self._next * 2, self.cap)
+        return self._next * random.uniform(0.9, 1.1)
+
+
+BatchCallback = Callable[[int], Awaitable[None] | None]
+
+
+class Sequencer:
+    """Runs the sequencer for one database; `run()` until cancelled."""
+
+    def __init__(
+        self,
+        url: str,
+        settings: Settings | None = None,
+        *,
+        on_batch: BatchCallback | None = None,
+        lead_retry_s: float = 0.5,
+        reconnect_base_s: float = 1.0,
+    ) -> None:
+        self.url = url
+        self.settings = settings or Settings()
+        self.on_batch = on_batch
+        self.lead_retry_s = lead_retry_s
+        self.backoff = Backoff(base=reconnect_base_s)
+        self.stats = Stats()
+        self._mode = Mode.STANDBY
+        self.asleep = asyncio.Event()
+        self.last_seq = 0
+        self.next_xid = 0
+        self.open_xids: list[int] = []
+        self.leading = asyncio.Event()
+
+    @property
+    def mode(self) -> Mode:
+        """The current state of the doorbell protocol."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: Mode) -> None:
+        if value is not self._mode:
+            log.debug("sequencer: %s -> %s", self._mode.value, value.value)
+        self._mode = value
+        if value is Mode.ASLEEP:
+            self.asleep.set()
+        else:
+            self.asleep.clear()
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this sequencer holds the leader lock right now."""
+        return self.mode is not Mode.STANDBY
+
+    async def run(self) -> None:
+        """Lead or wait to lead, forever; reconnect with backoff on any database failure."""
+        while True:
+            try:
+                await self._session()
+            except (psycopg.Error, LostLeadership, PgtideError) as exc:
+                self._step_down()
+                self.stats.reconnects += 1
+                delay = self.backoff.next()
+                log.warning("sequencer: %s; reconnecting in %.1fs", db.first_line(exc), delay)
+                await asyncio.sleep(delay)
+            finally:
+                self._step_down()
+
+    def _step_down(self) -> None:
+        if self.mode is not Mode.STANDBY:
+            log.info("sequencer: no longer leader")
+        self.mode = Mode.STANDBY
+        self.leading.clear()
+
+    async def _session(self) -> None:
+        app_name = f"pgtide-sequencer-{os.getpid()}"
+        async with await db.aconnect(self.url, application_name=app_name) as conn:
+            while not await self._try_lead(conn):
+                self.backoff.reset()  # connected fine: only leadership is missing
+                await asyncio.sleep(self.lead_retry_s)
+            await conn.execute(queries["listen_doorbell"])
+            await self._load_state(conn)
+            log.info("sequencer: leader from seq %d", self.last_seq)
+            self.backoff.reset()
+            self.leading.set()
+            await self._lead(conn)
+
+    async def _try_lead(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        row = await (await conn.execute(queries["try_lead"], {"key": LEADER_LOCK_KEY})).fetchone()
+        return bool(row and row[0])
+
+    async def _load_state(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        row = await (await conn.execute(queries["load_state"])).fetchone()
+        if row is None:
+            raise PgtideError("sync_sequencer has no state row: run `pgtide migrate`")
+        self.next_xid = int(row[0])
+        self.open_xids = [int(x) for x in row[1]]
+        self.last_seq = int(row[2])
+
+    async def _set_flag(self, conn: psycopg.AsyncConnection[Any], value: int) -> None:
+        await conn.execute(queries["set_doorbell"], {"value": value})
+
+    async def _lead(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        s = self.settings
+        poll_min, poll_max = s.poll_min_ms / 1000, s.poll_max_ms / 1000
+        self.mode = Mode.BUSY
+        await self._set_flag(conn, 0)
+        interval = poll_min
+        waiting_for: set[int] = set()
+        while True:
+            result = await self.discover(conn)
+            if result.rows:
+                if self.mode is not Mode.BUSY:
+                    self.mode = Mode.BUSY
+                    await self._set_flag(conn, 0)
+                interval = poll_min
+                if result.backlog:
+                    continue
+                await asyncio.sleep(interval)
+                continue
+            if self.mode is Mode.BUSY:
+                if interval < poll_max:
+                    interval *= 2
+                    await asyncio.sleep(interval)
+                    continue
+                # Quiet: raise the flag, then wait out every transaction open now.
+                self.mode = Mode.DRAINING
+                await self._set_flag(conn, 1)
+                result = await self.discover(conn)
+                # Any snapshot taken after the flag went up serves: a writer that read 0
+                # already had its xid, so it is visible here or open in this xip.
+                waiting_for = set(result.xip)
+                if result.rows:
+                    continue
+            elif self.mode is Mode.DRAINING:
+                waiting_for &= set(result.xip)
+            if self.mode is Mode.DRAINING and not waiting_for:
+                self.mode = Mode.ASLEEP
+            if self.mode is Mode.DRAINING:
+                # Old transactions only: back off, but a ring still wakes us at once.
+                interval = min(interval * 2, 0.25)
+                await self._wait_ring(conn, interval)
+            else:
+                rang = await self._wait_ring(conn, s.safety_poll_s)
+                if not rang:
+                    self.stats.safety_polls += 1
+
+    async def _wait_ring(self, conn: psycopg.AsyncConnection[Any], timeout: float) -> bool:
+        """Wait for a doorbell ring (or one already received) up to `timeout` seconds."""
+        async for _ in conn.notifies(timeout=timeout, stop_after=1):
+            self.stats.rings += 1
+            return True
+        return False
+
+    async def discover(self, conn: psycopg.AsyncConnection[Any]) -> PassResult:
+        """One discovery pass: sequence the committed, unsequenced transactions."""
+        self.stats.passes += 1
+        cur = await conn.execute(
+            queries["discover"],
+            {"next_xid": str(self.next_xid), "open_xids": [str(x) for x in self.open_xids]},
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        xmax = int(row[0])
+        xip = [int(x) for x in row[1]]
+        txids: list[str] = row[2]
+        counts: list[int] = row[3]
+        if not txids:
+            self.next_xid, self.open_xids = xmax, xip
+            return PassResult(0, xip, backlog=False)
+        # Whole transactions, in order of their largest id, up to the row budget.
+        chosen, rows = 0, 0
+        for n in counts:
+            if chosen and rows + n > self.settings.batch_rows:
+                break
+            chosen += 1
+            rows += n
+        leftover = [int(t) for t in txids[chosen:]]
+        open_xids = sorted(set(xip).union(leftover))
+        cur = await conn.execute(
+            queries["sequence_batch"],
+            {
+                "last_seq": self.last_seq,
+                "txids": txids[:chosen],
+                "next_xid": str(xmax),
+                "open_xids": [str(x) for x in open_xids],
+            },
+        )
+        done = await cur.fetchone()
+        if done is None:
+            raise LostLeadership()
+        self.last_seq = int(done[0])
+        self.next_xid, self.open_xids = xmax, open_xids
+        self.stats.batches += 1
+        self.stats.sequenced += rows
+        if self.on_batch is not None:
+            maybe = self.on_batch(self.last_seq)
+            if maybe is not None:
+                await maybe
+        return PassResult(rows, xip, backlog=bool(leftover))
+
+
+def main() -> None:
+    """Run a sequencer alone (`python -m cdc.sequencer`); DATABASE_URL picks the database."""
+    logging.basicConfig(level=os.environ.get("PGTIDE_LOG_LEVEL", "INFO"), stream=sys.stderr)
+    settings = Settings()
+    url = db.resolve_url(settings)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(Sequencer(url, settings).run())
+
+
+if __name__ == "__main__":
+    main()
