@@ -50,10 +50,12 @@ class TrackedTable:
 def _refusals(verb: str, table: str) -> Iterator[None]:
     try:
         yield
-    except errors.UndefinedFunction as exc:
+    except errors.UndefinedFunction as exc:  # pgtide.track_v1 missing
         raise TrackingError(_NOT_MIGRATED) from exc
     except _REFUSALS as exc:
         message = first_line(exc)
+        if message == 'schema "pgtide" does not exist':  # where track_v1 lives
+            raise TrackingError(_NOT_MIGRATED) from exc
         # The SQL functions say "cannot track x: ..." themselves; the regclass cast does not.
         if not message.startswith("cannot "):
             message = f"cannot {verb} {table}: {message}"
