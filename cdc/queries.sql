@@ -20,14 +20,15 @@ SELECT pg_snapshot_xmax(snap.s)::text AS xmax,
 
 -- name: sequence_batch
 -- Append the chosen transactions' rows to sync_order (transactions in the given order,
--- rows by id) and move the state in the same statement, hence the same commit. A stale
--- leader collides on sync_order's keys or matches no state row, and commits nothing.
+-- rows by id) and move the state in the same statement, hence the same commit; wake the
+-- followers once; return the batch as changes. A stale leader collides on sync_order's
+-- keys or matches no state row (then no row comes back), and commits nothing.
 WITH ins AS (
     INSERT INTO sync_order (seq, log_id)
     SELECT %(last_seq)s::bigint + row_number() OVER (ORDER BY t.ord, l.id), l.id
       FROM unnest(%(txids)s::xid8[]) WITH ORDINALITY AS t(txid, ord)
       JOIN sync_log l ON l.txid = t.txid
-    RETURNING seq
+    RETURNING seq, log_id
 ), upd AS (
     UPDATE sync_sequencer
        SET last_seq = %(last_seq)s::bigint + (SELECT count(*) FROM ins),
@@ -36,8 +37,15 @@ WITH ins AS (
            updated_at = now()
      WHERE last_seq = %(last_seq)s::bigint
     RETURNING last_seq
+), woke AS (
+    SELECT pg_notify('pgtide_sequenced', last_seq::text) AS n FROM upd
 )
-SELECT last_seq, pg_notify('pgtide_sequenced', last_seq::text) FROM upd;
+SELECT ins.seq, l.id, l.txid::text AS txid, l.at, l.schema_name, l.table_name, l.op, l.pk,
+       l.new_row, l.old_row, l.changed, l.actor, l.origin, l.mutation_id, l.db_role
+  FROM ins
+  JOIN sync_log l ON l.id = ins.log_id
+ CROSS JOIN woke
+ ORDER BY ins.seq;
 
 -- name: load_state
 -- The sequencer's committed state.

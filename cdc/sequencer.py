@@ -33,10 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg.rows import class_row
 
 from cdc import db
 from cdc.errors import PgtideError
 from cdc.queries import queries
+from cdc.reader import Change
 from cdc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -98,7 +100,8 @@ class Backoff:
         return self._next * random.uniform(0.9, 1.1)
 
 
-BatchCallback = Callable[[int], Awaitable[None] | None]
+# Called with each committed batch, in seq order: the leader's process feeds its hub from it.
+BatchCallback = Callable[[list[Change]], Awaitable[None] | None]
 
 
 class Sequencer:
@@ -271,7 +274,8 @@ class Sequencer:
             rows += n
         leftover = [int(t) for t in txids[chosen:]]
         open_xids = sorted(set(xip).union(leftover))
-        cur = await conn.execute(
+        cur = conn.cursor(row_factory=class_row(Change))
+        await cur.execute(
             queries["sequence_batch"],
             {
                 "last_seq": self.last_seq,
@@ -280,15 +284,15 @@ class Sequencer:
                 "open_xids": [str(x) for x in open_xids],
             },
         )
-        done = await cur.fetchone()
-        if done is None:
+        batch = await cur.fetchall()
+        if not batch:
             raise LostLeadership()
-        self.last_seq = int(done[0])
+        self.last_seq = batch[-1].seq
         self.next_xid, self.open_xids = xmax, open_xids
         self.stats.batches += 1
         self.stats.sequenced += rows
         if self.on_batch is not None:
-            maybe = self.on_batch(self.last_seq)
+            maybe = self.on_batch(batch)
             if maybe is not None:
                 await maybe
         return PassResult(rows, xip, backlog=bool(leftover))
