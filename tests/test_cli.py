@@ -326,3 +326,13 @@ def test_embedded_server_is_started_once_and_found_again(tmp_path: Path) -> None
     assert "stopped" in stop.stderr
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(url, connect_timeout=5)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/operations.md"])
+def test_every_setting_is_documented(doc: str) -> None:
+    from cdc.settings import Settings
+
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    for name in Settings.model_fields:
+        variable = "DATABASE_URL" if name == "database_url" else f"PGTIDE_{name.upper()}"
+        assert f"`{variable}`" in text, f"{doc} does not list {variable}"
