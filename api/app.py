@@ -9,60 +9,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
-from http import HTTPStatus
+from collections.abc import AsyncIterator
 from typing import Any, TypedDict
 
+from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from api.problems import http_exception, problem, unhandled
+from api.stream import stream_events
+from cdc import db
+from cdc.catalog import Catalog
+from cdc.hub import Hub
+from cdc.listener import Listener
 from cdc.settings import Settings
 
 log = logging.getLogger(__name__)
-
-PROBLEM_JSON = "application/problem+json"
-
-
-class ProblemResponse(JSONResponse):
-    """An RFC 9457 problem document."""
-
-    media_type = PROBLEM_JSON
-
-
-def problem(
-    status: int, detail: str, *, headers: Mapping[str, str] | None = None
-) -> ProblemResponse:
-    """A problem+json response; `type` is about:blank, so `title` is the status phrase."""
-    body = {
-        "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-    }
-    return ProblemResponse(body, status_code=status, headers=headers)
-
-
-async def _http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code in {204, 304}:  # no body allowed
-        return Response(status_code=exc.status_code, headers=exc.headers)
-    detail = exc.detail
-    # Starlette's own 404/405 carry only the status phrase: say what was asked for.
-    if detail == HTTPStatus(exc.status_code).phrase:
-        if exc.status_code == 404:
-            detail = f"no resource at {request.url.path}"
-        elif exc.status_code == 405:
-            detail = f"{request.method} is not allowed on {request.url.path}"
-    return problem(exc.status_code, detail, headers=exc.headers)
-
-
-async def _unhandled(request: Request, exc: Exception) -> Response:
-    # Starlette logs the traceback itself; the client gets no internals.
-    return problem(500, "internal error; the server log has the details")
-
 
 async def health(request: Request) -> Response:
     """`GET /health`: the process is up (says nothing about the database)."""
@@ -73,24 +38,42 @@ class State(TypedDict):
     """What the lifespan hands to request handlers (`request.state`)."""
 
     settings: Settings
+    hub: Hub
+    pool: AsyncConnectionPool[Any]
+    listener: Listener
+    catalog: Catalog
 
 
-async def _supervise_sequencer(url: str, settings: Settings) -> None:
-    """Run the sequencer for good; restart it if it ever fails.
+async def ready(request: Request) -> Response:
+    """`GET /ready`: 200 when the database answers and the listener follows the log."""
+    state: Any = request.state
+    problems = []
+    if not state.listener.ready:
+        problems.append("the listener is not connected")
+    try:
+        async with state.pool.connection(timeout=2) as conn:
+            await conn.execute("SELECT 1")
+    except Exception as exc:  # any failure to reach the database means not ready
+        problems.append(f"the database is unreachable ({type(exc).__name__})")
+    if problems:
+        return problem(503, "; ".join(problems), headers={"Retry-After": "1"})
+    return JSONResponse({"status": "ready", "seq": state.hub.last_seq})
 
-    `Sequencer.run` reconnects on database errors by itself, so only a bug gets
-    here; it is logged by name and the sequencer restarted after a growing pause.
+
+async def _supervise(listener: Listener) -> None:
+    """Run the listener for good; restart it if it ever fails.
+
+    It reconnects on database errors by itself, so only a bug gets here; it is
+    logged by name and the listener restarted after a growing pause.
     """
-    from cdc.sequencer import Sequencer
-
     pause = 1.0
     while True:
         try:
-            await Sequencer(url, settings).run()
+            await listener.run()
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("sequencer task failed; restarting in %.0fs", pause)
+            log.exception("listener task failed; restarting in %.0fs", pause)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 30.0)
 
@@ -98,7 +81,7 @@ async def _supervise_sequencer(url: str, settings: Settings) -> None:
 def create_app(
     settings: Settings, *, database_url: str | None = None, run_sequencer: bool = True
 ) -> Starlette:
-    """Build the app. With `run_sequencer`, its lifespan runs the sequencer as a task.
+    """Build the app. Its lifespan opens the pool and runs the listener (and sequencer).
 
     `database_url` is the resolved URL (the CLI resolves it once, starting the
     embedded server if needed); without it the lifespan resolves it from `settings`.
@@ -106,26 +89,43 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
-        task: asyncio.Task[None] | None = None
-        if run_sequencer:
-            from cdc import db
-
+        url = database_url
+        if url is None:
             # resolve_url may start the embedded server: blocking, so off the loop.
-            url = database_url
-            if url is None:
-                url = await asyncio.to_thread(db.resolve_url, settings)
-            task = asyncio.create_task(_supervise_sequencer(url, settings), name="sequencer")
+            url = await asyncio.to_thread(db.resolve_url, settings)
+        hub = Hub()
+        # open(wait=False): the server starts even while the database is down;
+        # /ready says 503 until it is back.
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            url, min_size=1, max_size=settings.pool_size, open=False,
+            kwargs={"autocommit": True}, name="pgtide",
+        )  # fmt: skip
+        await pool.open(wait=False)
+        listener = Listener(url, hub, settings, sequence=run_sequencer)
+        task = asyncio.create_task(_supervise(listener), name="pgtide-listener")
         try:
-            yield {"settings": settings}
+            yield {
+                "settings": settings,
+                "hub": hub,
+                "pool": pool,
+                "listener": listener,
+                "catalog": Catalog(pool),
+            }
         finally:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            for sub in list(hub.subscribers):
+                hub.unsubscribe(sub)  # ends open streams so shutdown does not wait on them
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await pool.close()
 
-    handlers: dict[Any, Any] = {HTTPException: _http_exception, Exception: _unhandled}
+    handlers: dict[Any, Any] = {HTTPException: http_exception, Exception: unhandled}
     return Starlette(
-        routes=[Route("/health", health, methods=["GET"])],
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/ready", ready, methods=["GET"]),
+            Route("/events", stream_events, methods=["GET"]),
+        ],
         lifespan=lifespan,
         exception_handlers=handlers,
     )

@@ -4,6 +4,7 @@
     ├── ConfigError          bad settings or environment
     ├── DatabaseUnavailable  cannot reach PostgreSQL
     ├── CursorError          a malformed or out-of-range cursor
+    ├── FilterError          a bad table, column, operator or value in a filter
     └── TrackingError        a table cannot be tracked or untracked
 
 Each class's docstring is its default message. The CLI prints `str(err)` on one
@@ -34,3 +35,7 @@ class CursorError(PgtideError, ValueError):
 
 class TrackingError(PgtideError):
     """The table cannot be tracked."""
+
+
+class FilterError(PgtideError, ValueError):
+    """The stream or list filter is invalid."""

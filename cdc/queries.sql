@@ -59,9 +59,24 @@ SELECT pg_try_advisory_lock(%(key)s::bigint);
 -- The sequencer's wake-up channel (DOORBELL_CHANNEL in cdc/sequencer.py).
 LISTEN pgtide_doorbell;
 
+-- name: listen_sequenced
+-- The followers' channel: one NOTIFY per committed batch, payload its last seq.
+LISTEN pgtide_sequenced;
+
 -- name: set_doorbell
 -- 1: the sequencer sleeps and writers ring; 0: it polls and they do not.
 SELECT setval('sync_doorbell', %(value)s::bigint, true);
+
+-- name: repeatable_read
+-- The first statement of a snapshot's transaction.
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;
+
+-- name: snapshot_view
+-- The transaction's snapshot (its first query fixes it) and the largest seq it shows.
+SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text,
+       ARRAY(SELECT x::text FROM pg_snapshot_xip(s) AS x),
+       (SELECT last_seq FROM sync_sequencer)
+  FROM pg_current_snapshot() AS s;
 
 -- name: read_after
 -- The next changes after a cursor, in seq order.
@@ -93,3 +108,18 @@ SELECT t.schema_name, t.table_name, t.pk_columns, t.tracked_at, coalesce(c.n, 0)
                FROM sync_log GROUP BY schema_name, table_name) c
     USING (schema_name, table_name)
  ORDER BY t.schema_name, t.table_name;
+
+-- name: tracked_columns
+-- Every column of every tracked table, with its type name and category.
+SELECT t.schema_name, t.table_name, t.pk_columns, a.attname::text, ty.typname::text,
+       ty.typcategory::text
+  FROM sync_tracked t
+  JOIN pg_namespace n ON n.nspname = t.schema_name
+  JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name
+  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+  JOIN pg_type ty ON ty.oid = a.atttypid
+ ORDER BY t.schema_name, t.table_name, a.attnum;
+
+-- name: earliest
+-- The smallest seq still retained (NULL when the log is empty).
+SELECT min(seq) FROM sync_order;

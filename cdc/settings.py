@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8000
+    pool_size: int = Field(default=10, description="Database connections per server process.")
     # Sequencer tuning: a busy sequencer polls every `poll_min_ms`, doubling on
     # empty passes up to `poll_max_ms`, then goes to sleep on the doorbell.
     poll_min_ms: float = 1.0

@@ -1,0 +1,76 @@
+"""SSE framing of changes and control events, byte for byte. Pure.
+
+A change is a default-type event (no `event:` line, so `EventSource.onmessage`
+sees it) whose `id:` is the cursor. Control events are named (`synced`,
+`reset`). Each change is encoded once, whatever the number of subscribers.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from cdc.reader import Change
+
+RETRY_MS = 1000
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON, datetimes in ISO 8601."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=_default)
+
+
+def change_payload(c: Change) -> dict[str, Any]:
+    """The JSON object of a change event (field names fixed by DESIGN.md)."""
+    return {
+        "cursor": str(c.seq),
+        "seq": c.seq,
+        "txid": c.txid,
+        "id": c.id,
+        "at": c.at,
+        "schema": c.schema_name,
+        "table": c.table_name,
+        "op": c.op,
+        "pk": c.pk,
+        "row": c.new_row,
+        "old": c.old_row,
+        "changed": c.changed,
+        "actor": c.actor,
+        "origin": c.origin,
+        "mutation_id": c.mutation_id,
+    }
+
+
+def encode_change(c: Change, *, with_id: bool = True) -> bytes:
+    """`id: <seq>` and `data: <json>`, ending with a blank line."""
+    data = dumps(change_payload(c))
+    head = f"id: {c.seq}\n" if with_id else ""
+    return f"{head}data: {data}\n\n".encode()
+
+
+def encode_snapshot_row(schema: str, table: str, pk: dict[str, Any], row: dict[str, Any]) -> bytes:
+    """A SNAPSHOT event: a current row, without an `id:` (it is not a position in the log)."""
+    payload = {
+        "cursor": None, "seq": None, "txid": None, "id": None, "at": None,
+        "schema": schema, "table": table, "op": "SNAPSHOT", "pk": pk, "row": row,
+        "old": None, "changed": None, "actor": None, "origin": None, "mutation_id": None,
+    }  # fmt: skip
+    return f"data: {dumps(payload)}\n\n".encode()
+
+
+def encode_control(event: str, data: dict[str, Any], cursor: int | None = None) -> bytes:
+    """A named control event; with a cursor it also moves the client's Last-Event-ID."""
+    head = f"id: {cursor}\n" if cursor is not None else ""
+    return f"{head}event: {event}\ndata: {dumps(data)}\n\n".encode()
+
+
+def encode_retry(ms: int = RETRY_MS) -> bytes:
+    """The reconnection delay the client should use."""
+    return f"retry: {ms}\n\n".encode()

@@ -1,0 +1,271 @@
+"""Stream filters: `tables`, `ops`, `topics` and PostgREST-style column filters.
+
+Pure: parsing and matching need only the catalog's column kinds, no database.
+
+A column filter (`branch_id=eq.B1`, `status=in.(new,paid)`, `total=gte.10`,
+`notes=is.null`) matches a change when the new row image or the old one
+satisfies every filter, so a subscriber also sees a row leave its filter.
+TRUNCATE events of a selected table always match (they affect every row);
+MESSAGE events are selected by `topics` alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from cdc.errors import FilterError
+
+ROW_OPS = frozenset({"INSERT", "UPDATE", "DELETE", "TRUNCATE"})
+OPERATORS = frozenset({"eq", "neq", "lt", "lte", "gt", "gte", "in", "is"})
+ORDERED = frozenset({"lt", "lte", "gt", "gte"})
+
+# Column kinds decide how a filter value is read and compared.
+NUMBER, BOOL, TIME, TEXT, UUID, JSON = "number", "bool", "time", "text", "uuid", "json"
+
+Image = Mapping[str, Any]
+Predicate = Callable[[Image], bool]
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """A tracked table's name and its columns' kinds."""
+
+    schema: str
+    name: str
+    columns: Mapping[str, str]
+    pk: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ColumnFilter:
+    """One `column=op.value` filter as written (before it meets a table's types)."""
+
+    column: str
+    op: str
+    raw: str
+
+
+@dataclass(frozen=True)
+class StreamFilter:
+    """What a subscriber asked for, checked against the catalog and compiled per table."""
+
+    tables: frozenset[str] | None  # table names; None = every tracked table
+    ops: frozenset[str]
+    topics: frozenset[str] | None
+    columns: tuple[ColumnFilter, ...] = ()
+    predicates: Mapping[str, tuple[Predicate, ...]] = field(
+        default_factory=dict, compare=False, hash=False
+    )
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Equal keys select equal events: the hub encodes a batch once per key."""
+        return (self.tables, self.ops, self.topics, self.columns)
+
+    def matches_row(self, table: str, row: Image) -> bool:
+        """Whether a current row (a snapshot row) of `table` passes the column filters."""
+        if self.tables is not None and table not in self.tables:
+            return False
+        if not self.columns:
+            return True
+        preds = self.predicates.get(table)
+        return preds is not None and all(p(row) for p in preds)
+
+    def matches(self, op: str, table: str, new: Image | None, old: Image | None) -> bool:
+        """Whether a change (or message) passes this filter."""
+        if op == "MESSAGE":
+            return self.topics is not None and table in self.topics
+        if op not in self.ops or (self.tables is not None and table not in self.tables):
+            return False
+        if not self.columns or op == "TRUNCATE":
+            return True
+        preds = self.predicates.get(table)
+        if preds is None:  # the table lacks a filtered column
+            return False
+        return any(img is not None and all(p(img) for p in preds) for img in (new, old))
+
+
+def parse_list(value: str, what: str) -> list[str]:
+    """Split `a,b,c`, rejecting empty items."""
+    items = [v.strip() for v in value.split(",")]
+    if not value or any(not v for v in items):
+        raise FilterError(f"{what} must be a comma-separated list of names, got {value!r}")
+    return items
+
+
+def parse_ops(value: str | None) -> frozenset[str]:
+    """`ops=insert,update` → {"INSERT", "UPDATE"}; absent → every row op."""
+    if value is None:
+        return ROW_OPS
+    ops = {v.upper() for v in parse_list(value, "ops")}
+    unknown = ops - ROW_OPS
+    if unknown:
+        raise FilterError(
+            f"unknown op {sorted(unknown)[0].lower()!r} in ops: "
+            "use insert, update, delete, truncate"
+        )
+    return frozenset(ops)
+
+
+def split_in_list(raw: str) -> list[str]:
+    """`(a,"b,c",d)` → ["a", "b,c", "d"] (PostgREST's quoting)."""
+    if len(raw) < 2 or raw[0] != "(" or raw[-1] != ")":
+        raise FilterError(f"in. needs a parenthesised list like in.(a,b), got {raw!r}")
+    body, items, cur, quoted, i = raw[1:-1], [], [], False, 0
+    while i < len(body):
+        ch = body[i]
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "\\" and quoted and i + 1 < len(body):
+            i += 1
+            cur.append(body[i])
+        elif ch == "," and not quoted:
+            items.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    if quoted:
+        raise FilterError(f"unterminated quote in {raw!r}")
+    items.append("".join(cur))
+    return items
+
+
+def parse_column_filter(column: str, value: str) -> ColumnFilter:
+    """`status`, `in.(new,paid)` → ColumnFilter; the operator must be known."""
+    op, dot, raw = value.partition(".")
+    if not dot or op not in OPERATORS:
+        raise FilterError(
+            f"filter {column}={value!r}: unknown operator {op!r}; "
+            "use eq, neq, lt, lte, gt, gte, in or is (as column=op.value)"
+        )
+    return ColumnFilter(column, op, raw)
+
+
+def _time(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _coerce(kind: str, text: str) -> Any:
+    """Read a filter value as the column's kind; ValueError if it is not one."""
+    if kind == NUMBER:
+        try:
+            return Decimal(text)
+        except InvalidOperation:
+            raise ValueError(text) from None
+    if kind == BOOL:
+        if text.lower() not in ("true", "false"):
+            raise ValueError(text)
+        return text.lower() == "true"
+    if kind == TIME:
+        return _time(text)
+    if kind == UUID:
+        return text.lower()
+    return text
+
+
+def _value_of(kind: str, value: Any) -> Any:
+    """Read a row image's JSON value as the column's kind (None stays None)."""
+    if value is None:
+        return None
+    if kind == NUMBER:
+        return Decimal(str(value))
+    if kind == TIME:
+        return _time(value)
+    if kind == UUID:
+        return str(value).lower()
+    return value
+
+
+def _compile(flt: ColumnFilter, kind: str, table: str) -> Predicate:
+    col, op = flt.column, flt.op
+    where = f"filter {col}={flt.op}.{flt.raw} on {table}"
+    if op == "is":
+        targets = {"null": None, "true": True, "false": False}
+        if flt.raw.lower() not in targets:
+            raise FilterError(f"{where}: is. takes null, true or false")
+        target = targets[flt.raw.lower()]
+        return lambda img: img.get(col) is target
+    if kind == JSON:
+        raise FilterError(f"{where}: column {col} holds json; only is.null is supported")
+    if op in ORDERED and kind == BOOL:
+        raise FilterError(f"{where}: {op} does not apply to a boolean column")
+    try:
+        values = [_coerce(kind, v) for v in split_in_list(flt.raw)] if op == "in" else None
+        value = None if op == "in" else _coerce(kind, flt.raw)
+    except ValueError:
+        raise FilterError(f"{where}: {flt.raw!r} is not a valid {kind} value") from None
+
+    def pred(img: Image) -> bool:
+        v = _value_of(kind, img.get(col))
+        if v is None:
+            return False
+        try:
+            if op == "in":
+                return v in values  # type: ignore[operator]
+            return bool(_COMPARE[op](v, value))
+        except TypeError:
+            return False
+
+    return pred
+
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": lambda a, b: a == b,
+    "neq": lambda a, b: a != b,
+    "lt": lambda a, b: a < b,
+    "lte": lambda a, b: a <= b,
+    "gt": lambda a, b: a > b,
+    "gte": lambda a, b: a >= b,
+}
+
+
+def build_filter(
+    catalog: Mapping[str, TableInfo],
+    *,
+    tables: str | None,
+    ops: str | None,
+    topics: str | None,
+    columns: Iterable[tuple[str, str]],
+) -> StreamFilter:
+    """Check a request's filters against the tracked tables and compile them.
+
+    Raises FilterError (a 400) for an unknown table, an unknown column (one that
+    none of the selected tables has), an unknown operator, a value of the wrong
+    type or bad `ops`.
+    """
+    selected: frozenset[str] | None = None
+    if tables is not None:
+        names = parse_list(tables, "tables")
+        unknown = [t for t in names if t not in catalog]
+        if unknown:
+            raise FilterError(f"unknown table {unknown[0]!r}: it is not tracked by pgtide")
+        selected = frozenset(names)
+    topic_set = frozenset(parse_list(topics, "topics")) if topics is not None else None
+    parsed = tuple(parse_column_filter(c, v) for c, v in columns)
+    in_scope = [catalog[t] for t in sorted(selected)] if selected else list(catalog.values())
+    predicates: dict[str, tuple[Predicate, ...]] = {}
+    for flt in parsed:
+        if not any(flt.column in info.columns for info in in_scope):
+            raise FilterError(f"filter on unknown column {flt.column!r}: no selected table has it")
+    if parsed:
+        for info in in_scope:
+            if all(f.column in info.columns for f in parsed):
+                predicates[info.name] = tuple(
+                    _compile(f, info.columns[f.column], info.name) for f in parsed
+                )
+    return StreamFilter(selected, parse_ops(ops), topic_set, parsed, predicates)
+
+
+def kind_of(type_name: str, category: str) -> str:
+    """A column kind from PostgreSQL's type name and type category."""
+    if type_name == "uuid":
+        return UUID
+    if type_name in ("json", "jsonb") or category == "A":
+        return JSON
+    return {"N": NUMBER, "B": BOOL, "D": TIME}.get(category, TEXT)

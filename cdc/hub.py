@@ -1,0 +1,172 @@
+"""The in-process fan-out hub.
+
+The listener publishes contiguous runs of changes (seq last+1, last+2, ...).
+Each change is encoded once; subscribers with equal filters share one joined
+chunk per batch, so a batch costs one encode per change plus one join per
+distinct filter, whatever the number of subscribers. Every subscriber has a
+byte-bounded queue; one that falls too far behind is closed (it resumes from
+its cursor) instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cdc.events import encode_change
+from cdc.filters import StreamFilter
+from cdc.reader import Change
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_PENDING_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class Chunk:
+    """Events for one subscriber from one batch: their seqs and their joined bytes."""
+
+    seqs: tuple[int, ...]
+    data: bytes
+    parts: tuple[bytes, ...]
+
+    @property
+    def last(self) -> int:
+        return self.seqs[-1]
+
+    def after(self, cursor: int) -> bytes:
+        """The bytes of the events with seq > cursor."""
+        if self.seqs[0] > cursor:
+            return self.data
+        return b"".join(p for s, p in zip(self.seqs, self.parts, strict=True) if s > cursor)
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """A live subscription: a filter, a bounded queue, and where it joined the feed."""
+
+    filter: StreamFilter
+    joined_at: int
+    max_pending: int
+    queue: deque[Chunk] = field(default_factory=deque)
+    pending: int = 0
+    overflowed: bool = False
+    closed: bool = False
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def push(self, chunk: Chunk) -> None:
+        if self.overflowed or self.closed:
+            return
+        if self.pending + len(chunk.data) > self.max_pending:
+            # Too far behind: drop the backlog and tell the stream to close.
+            self.overflowed = True
+            self.queue.clear()
+            self.pending = 0
+        else:
+            self.queue.append(chunk)
+            self.pending += len(chunk.data)
+        self.wakeup.set()
+
+    async def next_chunks(self, timeout: float | None = None) -> list[Chunk]:
+        """Wait for queued chunks (empty on timeout, or when overflowed/closed)."""
+        if not self.queue and not (self.overflowed or self.closed):
+            self.wakeup.clear()
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), timeout)
+            except TimeoutError:
+                return []
+        out = list(self.queue)
+        self.queue.clear()
+        self.pending = 0
+        return out
+
+    def close(self) -> None:
+        """End this subscription (its stream ends at the next wake-up)."""
+        self.closed = True
+        self.wakeup.set()
+
+
+class Hub:
+    """Fans out sequenced changes to subscribers in this process."""
+
+    def __init__(self, max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES) -> None:
+        self.last_seq: int | None = None  # None until the listener knows where the log is
+        self.subscribers: set[Subscriber] = set()
+        self.max_pending_bytes = max_pending_bytes
+        self._advanced = asyncio.Event()
+        self.delivered = 0
+        self.dropped = 0
+
+    def start_at(self, seq: int) -> None:
+        """Set the position the feed continues from (once, when the listener first connects)."""
+        if self.last_seq is None:
+            self.last_seq = seq
+
+    def subscribe(self, flt: StreamFilter, max_pending: int | None = None) -> Subscriber:
+        """Join the live feed: the subscriber receives every matching change after `joined_at`."""
+        if self.last_seq is None:
+            raise RuntimeError("the hub is not ready: the listener has not connected yet")
+        sub = Subscriber(flt, self.last_seq, max_pending or self.max_pending_bytes)
+        self.subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        """Leave the feed."""
+        self.subscribers.discard(sub)
+        sub.close()
+
+    def publish(self, changes: Sequence[Change]) -> None:
+        """Deliver changes; those at or below `last_seq` are dropped (already delivered).
+
+        The remaining run must continue at `last_seq + 1`: a gap is a bug in the
+        caller, which must read the missing changes from the database first.
+        """
+        if self.last_seq is None:
+            return
+        fresh = [c for c in changes if c.seq > self.last_seq]
+        if not fresh:
+            return
+        if fresh[0].seq != self.last_seq + 1:
+            raise RuntimeError(f"gap in the feed: {self.last_seq} then {fresh[0].seq}")
+        encoded = [(c, encode_change(c)) for c in fresh]
+        chunks: dict[tuple[Any, ...], Chunk | None] = {}
+        for sub in list(self.subscribers):
+            key = sub.filter.key
+            if key not in chunks:
+                picked = [
+                    (c.seq, data)
+                    for c, data in encoded
+                    if sub.filter.matches(c.op, c.table_name, c.new_row, c.old_row)
+                ]
+                chunks[key] = (
+                    Chunk(
+                        tuple(s for s, _ in picked),
+                        b"".join(d for _, d in picked),
+                        tuple(d for _, d in picked),
+                    )
+                    if picked
+                    else None
+                )
+            chunk = chunks[key]
+            if chunk is not None:
+                sub.push(chunk)
+                if sub.overflowed:
+                    self.dropped += 1
+                    self.subscribers.discard(sub)
+                    log.warning("hub: subscriber %d bytes behind, closing it", sub.max_pending)
+                else:
+                    self.delivered += len(chunk.seqs)
+        self.last_seq = fresh[-1].seq
+        # Wake whoever waits for the feed to move (snapshot streams), then re-arm.
+        self._advanced.set()
+        self._advanced = asyncio.Event()
+
+    async def wait_advanced(self, timeout: float) -> None:
+        """Return when the next batch is published, or after `timeout` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._advanced.wait(), timeout)

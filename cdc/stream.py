@@ -1,0 +1,229 @@
+"""One subscriber's stream: optional snapshot, catch-up from the log, then the live feed.
+
+`prepare()` checks the request against the log (so bad cursors fail before
+the response starts); `events()` yields SSE bytes.
+
+Hand-off without gap or duplicate: the subscriber joins the hub first, at
+seq H; everything after H reaches its queue. The stream reads the log from
+its start P up to T = max(H, M) (M below), sends `synced` with id T, then
+sends the queue's events after T.
+
+Snapshot: in one REPEATABLE READ transaction, read S_seq (the largest seq
+visible to it) and the current rows. Changes after S_seq follow, except those
+whose transaction the snapshot already shows (txid below xmin, or below xmax
+and not in xip). That exclusion cannot travel in a cursor, so events carry no
+`id:` until M, the sequencer's last seq once every transaction visible in the
+snapshot has been sequenced (beyond M no event can be excluded): a client that
+drops before `synced` starts again with a snapshot, one that drops after
+resumes exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from cdc import reader
+from cdc.cursor import Cursor, parse_cursor
+from cdc.errors import CursorError, FilterError
+from cdc.events import encode_change, encode_control, encode_retry, encode_snapshot_row
+from cdc.filters import StreamFilter, TableInfo
+from cdc.hub import Hub, Subscriber
+from cdc.queries import queries
+
+log = logging.getLogger(__name__)
+
+PAGE = 1000
+SNAPSHOT_FETCH = 1000
+
+
+@dataclass(frozen=True)
+class SnapshotView:
+    """Which transactions a snapshot shows (pg_snapshot semantics)."""
+
+    xmin: int
+    xmax: int
+    xip: frozenset[int]
+
+    def shows(self, txid: int) -> bool:
+        """Whether the snapshot already contains this transaction's changes."""
+        return txid < self.xmin or (txid < self.xmax and txid not in self.xip)
+
+
+@dataclass
+class Plan:
+    """A checked stream request."""
+
+    filter: StreamFilter
+    start: int | None  # None: from now
+    snapshot: bool
+    reset_earliest: int | None = None  # set when the start is older than the log retains
+    tables: list[TableInfo] = field(default_factory=list)
+
+
+async def prepare(
+    pool: AsyncConnectionPool[Any],
+    catalog: Mapping[str, TableInfo],
+    flt: StreamFilter,
+    *,
+    since: str | None,
+    last_event_id: str | None,
+    snapshot: bool,
+) -> Plan:
+    """Resolve where the stream starts; raise CursorError/FilterError for a bad request.
+
+    `Last-Event-ID` (a reconnecting EventSource) wins over `since` and `snapshot`.
+    """
+    start: int | None
+    if last_event_id is not None and last_event_id.strip() != "":
+        start, snapshot = parse_cursor(last_event_id.strip()), False
+    elif snapshot:
+        if since is not None:
+            raise FilterError("since and snapshot=true cannot be combined")
+        start = None
+    elif since is None or since == "now":
+        start = None
+    elif since == "earliest":
+        start = 0
+    else:
+        start = parse_cursor(since)
+    plan = Plan(flt, start, snapshot)
+    if snapshot:
+        names = sorted(flt.tables) if flt.tables is not None else sorted(catalog)
+        plan.tables = [catalog[n] for n in names]
+    if start is not None:
+        async with pool.connection() as conn:
+            head_row = await (await conn.execute(queries["head"])).fetchone()
+            earliest_row = await (await conn.execute(queries["earliest"])).fetchone()
+        head = int(head_row[0]) if head_row else 0
+        earliest = earliest_row[0] if earliest_row else None
+        if start > head:
+            raise CursorError(f"cursor {start} is ahead of the log (its last seq is {head})")
+        if start < head and (earliest is None or start < int(earliest) - 1):
+            plan.reset_earliest = int(earliest) if earliest is not None else head + 1
+    return plan
+
+
+async def events(hub: Hub, pool: AsyncConnectionPool[Any], plan: Plan) -> AsyncIterator[bytes]:
+    """The stream's bytes: retry hint, then snapshot/catch-up, `synced`, then live events."""
+    sub = hub.subscribe(plan.filter)
+    try:
+        yield encode_retry()
+        if plan.reset_earliest is not None:
+            yield encode_control(
+                "reset",
+                {"reason": "cursor older than the retained log", "earliest": plan.reset_earliest},
+            )
+            return
+        start = plan.start if plan.start is not None else sub.joined_at
+        view: SnapshotView | None = None
+        covered = 0
+        if plan.snapshot:
+            snap = SnapshotReader(plan)
+            async with pool.connection() as conn:
+                async for chunk in snap.rows(conn):
+                    yield chunk
+                view, start = snap.view, snap.seq
+                covered = await _coverage(conn, hub, view)
+        target = max(sub.joined_at, covered, start)
+        if target > start:
+            async with pool.connection() as conn:
+                async for chunk in _from_log(conn, plan.filter, start, target, view, covered):
+                    yield chunk
+        yield encode_control("synced", {"cursor": str(target)}, cursor=target)
+        async for chunk in _live(sub, target):
+            yield chunk
+    finally:
+        hub.unsubscribe(sub)
+
+
+async def _live(sub: Subscriber, after: int) -> AsyncIterator[bytes]:
+    while True:
+        chunks = await sub.next_chunks()
+        if sub.overflowed or sub.closed:
+            # Too slow (or ended): the client reconnects with Last-Event-ID and catches up.
+            yield encode_retry()
+            return
+        data = b"".join(c.after(after) for c in chunks)
+        if data:
+            yield data
+
+
+class SnapshotReader:
+    """Reads the current rows in one REPEATABLE READ transaction; keeps its view and seq."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.view = SnapshotView(0, 0, frozenset())
+        self.seq = 0
+
+    async def rows(self, conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[bytes]:
+        """SNAPSHOT events for every matching current row of the plan's tables."""
+        flt = self.plan.filter
+        async with conn.transaction():
+            await conn.execute(queries["repeatable_read"])
+            row = await (await conn.execute(queries["snapshot_view"])).fetchone()
+            assert row is not None
+            self.view = SnapshotView(int(row[0]), int(row[1]), frozenset(int(x) for x in row[2]))
+            self.seq = int(row[3])
+            for info in self.plan.tables:
+                query = sql.SQL("SELECT to_jsonb(t) FROM {} AS t").format(
+                    sql.Identifier(info.schema, info.name)
+                )
+                async with conn.cursor(name="pgtide_snapshot") as cur:
+                    await cur.execute(query)
+                    while batch := await cur.fetchmany(SNAPSHOT_FETCH):
+                        out = [
+                            encode_snapshot_row(
+                                info.schema, info.name, {k: img.get(k) for k in info.pk}, img
+                            )
+                            for (img,) in batch
+                            if flt.matches_row(info.name, img)
+                        ]
+                        if out:
+                            yield b"".join(out)
+
+
+async def _coverage(conn: psycopg.AsyncConnection[Any], hub: Hub, view: SnapshotView) -> int:
+    """The sequencer's last seq once every transaction the snapshot shows is sequenced."""
+    while True:
+        row = await (await conn.execute(queries["load_state"])).fetchone()
+        assert row is not None
+        next_xid, open_xids, last_seq = int(row[0]), [int(x) for x in row[1]], int(row[2])
+        if next_xid >= view.xmax and not any(view.shows(x) for x in open_xids):
+            return last_seq
+        await hub.wait_advanced(0.1)
+
+
+async def _from_log(
+    conn: psycopg.AsyncConnection[Any],
+    flt: StreamFilter,
+    start: int,
+    target: int,
+    view: SnapshotView | None,
+    covered: int,
+) -> AsyncIterator[bytes]:
+    """Matching changes in (start, target], read from the log a page at a time."""
+    pos = start
+    while pos < target:
+        batch = await reader.aread_after(conn, Cursor(pos), PAGE)
+        if not batch:
+            log.warning("stream: log ends at %d before %d (retention?)", pos, target)
+            return
+        out = []
+        for c in batch:
+            if c.seq > target:
+                break
+            if view is not None and c.seq <= covered and view.shows(int(c.txid)):
+                continue  # already in the snapshot
+            if flt.matches(c.op, c.table_name, c.new_row, c.old_row):
+                out.append(encode_change(c, with_id=c.seq > covered))
+        pos = min(batch[-1].seq, target)
+        if out:
+            yield b"".join(out)
