@@ -306,6 +306,7 @@ def test_serve_runs_the_sequencer(serve: str, db_url: str) -> None:
 def test_embedded_server_is_started_once_and_found_again(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     extra = {"PGTIDE_DATA_DIR": str(data_dir)}
+    url = ""
     try:
         first = pgtide("db-url", database_url=None, cwd=tmp_path, **extra)
         assert first.returncode == 0, first.stderr
