@@ -22,7 +22,8 @@ BEGIN
     ELSIF TG_OP = 'UPDATE' THEN
         new_j := to_jsonb(NEW);
         old_j := to_jsonb(OLD);
-        SELECT array_agg(n.key ORDER BY n.key) INTO chg
+        -- Code-point order, the same whatever the database's collation.
+        SELECT array_agg(n.key ORDER BY n.key COLLATE "C") INTO chg
           FROM jsonb_each(new_j) AS n
          WHERE n.value IS DISTINCT FROM old_j -> n.key;
         IF chg IS NULL THEN
