@@ -29,6 +29,7 @@ from cdc.settings import Settings
 
 log = logging.getLogger(__name__)
 
+
 async def health(request: Request) -> Response:
     """`GET /health`: the process is up (says nothing about the database)."""
     return JSONResponse({"status": "ok"})

@@ -95,7 +95,8 @@ def _run_until_signal(main: Coroutine[Any, Any, None]) -> None:
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     default="info",
     show_default=True,
-    help="Log level for messages on stderr.",
+    envvar="PGTIDE_LOG_LEVEL",
+    help="Log level for messages on stderr (env: PGTIDE_LOG_LEVEL).",
 )
 @click.version_option(version=_version(), prog_name="pgtide")
 def cli(log_level: str) -> None:

@@ -48,8 +48,7 @@ def start(data_dir: Path, database: str = DATABASE, *, cleanup: str | None = Non
             server = get_server(pgdata, cleanup_mode=cleanup)
         except (subprocess.SubprocessError, OSError, AssertionError) as exc:
             raise DatabaseUnavailable(
-                f"could not start the embedded PostgreSQL in {pgdata}: {exc}"
-                f" (see {pgdata / 'log'})"
+                f"could not start the embedded PostgreSQL in {pgdata}: {exc} (see {pgdata / 'log'})"
             ) from exc
     admin_url: str = server.get_uri("postgres")
     _ensure_database(admin_url, database)

@@ -195,8 +195,9 @@ def _compile(flt: ColumnFilter, kind: str, table: str) -> Predicate:
         raise FilterError(f"{where}: column {col} holds json; only is.null is supported")
     if op in ORDERED and kind == BOOL:
         raise FilterError(f"{where}: {op} does not apply to a boolean column")
+    raw_values = split_in_list(flt.raw) if op == "in" else [flt.raw]
     try:
-        values = [_coerce(kind, v) for v in split_in_list(flt.raw)] if op == "in" else None
+        values = [_coerce(kind, v) for v in raw_values] if op == "in" else None
         value = None if op == "in" else _coerce(kind, flt.raw)
     except ValueError:
         raise FilterError(f"{where}: {flt.raw!r} is not a valid {kind} value") from None

@@ -75,8 +75,20 @@ SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;
 -- The transaction's snapshot (its first query fixes it) and the largest seq it shows.
 SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text,
        ARRAY(SELECT x::text FROM pg_snapshot_xip(s) AS x),
-       (SELECT last_seq FROM sync_sequencer)
+       (SELECT last_seq FROM sync_sequencer), s::text
   FROM pg_current_snapshot() AS s;
+
+-- name: snapshot_covered
+-- Whether every change the snapshot shows has been sequenced, and the last seq then.
+-- The state is a consistent cut: below next_xid and outside open_xids, all is sequenced.
+WITH st AS (SELECT next_xid, open_xids, last_seq FROM sync_sequencer)
+SELECT st.last_seq,
+       NOT EXISTS (
+           SELECT 1 FROM sync_log l
+            WHERE (l.txid >= st.next_xid OR l.txid = ANY (st.open_xids))
+              AND pg_visible_in_snapshot(l.txid, %(snapshot)s::pg_snapshot)
+              AND NOT EXISTS (SELECT 1 FROM sync_order o WHERE o.log_id = l.id))
+  FROM st;
 
 -- name: read_after
 -- The next changes after a cursor, in seq order.

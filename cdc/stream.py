@@ -50,6 +50,7 @@ class SnapshotView:
     xmin: int
     xmax: int
     xip: frozenset[int]
+    text: str = ""  # pg_snapshot's text form, to hand back to the database
 
     def shows(self, txid: int) -> bool:
         """Whether the snapshot already contains this transaction's changes."""
@@ -160,7 +161,7 @@ class SnapshotReader:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.view = SnapshotView(0, 0, frozenset())
+        self.view = SnapshotView(0, 0, frozenset(), "")
         self.seq = 0
 
     async def rows(self, conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[bytes]:
@@ -170,7 +171,9 @@ class SnapshotReader:
             await conn.execute(queries["repeatable_read"])
             row = await (await conn.execute(queries["snapshot_view"])).fetchone()
             assert row is not None
-            self.view = SnapshotView(int(row[0]), int(row[1]), frozenset(int(x) for x in row[2]))
+            self.view = SnapshotView(
+                int(row[0]), int(row[1]), frozenset(int(x) for x in row[2]), row[4]
+            )
             self.seq = int(row[3])
             for info in self.plan.tables:
                 query = sql.SQL("SELECT to_jsonb(t) FROM {} AS t").format(
@@ -193,12 +196,12 @@ class SnapshotReader:
 async def _coverage(conn: psycopg.AsyncConnection[Any], hub: Hub, view: SnapshotView) -> int:
     """The sequencer's last seq once every transaction the snapshot shows is sequenced."""
     while True:
-        row = await (await conn.execute(queries["load_state"])).fetchone()
+        cur = await conn.execute(queries["snapshot_covered"], {"snapshot": view.text})
+        row = await cur.fetchone()
         assert row is not None
-        next_xid, open_xids, last_seq = int(row[0]), [int(x) for x in row[1]], int(row[2])
-        if next_xid >= view.xmax and not any(view.shows(x) for x in open_xids):
-            return last_seq
-        await hub.wait_advanced(0.1)
+        if row[1]:
+            return int(row[0])
+        await hub.wait_advanced(0.1)  # the sequencer has work left: wait for its next batch
 
 
 async def _from_log(

@@ -26,6 +26,13 @@ def with_dbname(url: str, dbname: str) -> str:
     return make_conninfo(**params)
 
 
+def drop_database(server_url: str, name: str) -> None:
+    """Drop a test database, closing whatever is still connected to it."""
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+        conn.execute(drop.format(sql.Identifier(name)))
+
+
 @pytest.fixture(scope="session")
 def server_url() -> Iterator[str]:
     """Admin URL of the server the tests use."""
@@ -51,8 +58,7 @@ def template_db(server_url: str) -> Iterator[str]:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     migrate(with_dbname(server_url, name))
     yield name
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    drop_database(server_url, name)
 
 
 @pytest.fixture
@@ -68,8 +74,7 @@ def db_url(server_url: str, template_db: str, server_version: int) -> Iterator[s
             )
         )
     yield with_dbname(server_url, name)
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    drop_database(server_url, name)
 
 
 @pytest.fixture

@@ -19,8 +19,23 @@ def test_valid_cursors_parse(text: str, value: int) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", " 1", "1 ", "-1", "+1", "01", "1.0", "1e3", "abc", "0x10", "١٢", str(MAX_CURSOR + 1),
-     "9" * 20, "1;DROP TABLE sync_log", "null"],
+    [
+        "",
+        " 1",
+        "1 ",
+        "-1",
+        "+1",
+        "01",
+        "1.0",
+        "1e3",
+        "abc",
+        "0x10",
+        "١٢",
+        str(MAX_CURSOR + 1),
+        "9" * 20,
+        "1;DROP TABLE sync_log",
+        "null",
+    ],
 )
 def test_malformed_cursors_are_rejected_with_a_clear_error(text: str) -> None:
     with pytest.raises(CursorError, match="malformed cursor"):
