@@ -6,7 +6,8 @@
 CREATE SCHEMA IF NOT EXISTS pgtide;
 
 -- Row-level capture, AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW.
--- TG_ARGV holds the primary key's column names, fixed by pgtide.track_v1.
+-- TG_ARGV, fixed by pgtide.track_v1: the tracked table's schema and name (for a
+-- partitioned table, the parent's, not the partition's), then its key's columns.
 CREATE OR REPLACE FUNCTION pgtide.capture_v1() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -34,11 +35,11 @@ BEGIN
         old_j := to_jsonb(OLD);
         img := old_j;
     END IF;
-    SELECT jsonb_object_agg(k, img -> k) INTO key FROM unnest(TG_ARGV) AS k;
+    SELECT jsonb_object_agg(k, img -> k) INTO key FROM unnest(TG_ARGV[2:]) AS k;
     INSERT INTO public.sync_log
         (schema_name, table_name, op, pk, new_row, old_row, changed, actor, origin, mutation_id)
     VALUES
-        (TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP, key, new_j, old_j, chg,
+        (TG_ARGV[0], TG_ARGV[1], TG_OP, key, new_j, old_j, chg,
          nullif(current_setting('pgtide.actor', true), ''),
          nullif(current_setting('pgtide.origin', true), ''),
          nullif(current_setting('pgtide.mutation_id', true), ''));
@@ -51,12 +52,12 @@ BEGIN
 END
 $fn$;
 
--- Statement-level capture of TRUNCATE.
+-- Statement-level capture of TRUNCATE; TG_ARGV as for capture_v1.
 CREATE OR REPLACE FUNCTION pgtide.capture_truncate_v1() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 BEGIN
     INSERT INTO public.sync_log (schema_name, table_name, op, actor, origin, mutation_id)
-    VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, 'TRUNCATE',
+    VALUES (TG_ARGV[0], TG_ARGV[1], 'TRUNCATE',
             nullif(current_setting('pgtide.actor', true), ''),
             nullif(current_setting('pgtide.origin', true), ''),
             nullif(current_setting('pgtide.mutation_id', true), ''));
@@ -132,12 +133,13 @@ $fn$;
 
 -- Attach capture to a table with a primary key; idempotent. Returns the key's columns.
 CREATE OR REPLACE FUNCTION pgtide.track_v1(rel regclass) RETURNS text[]
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SET client_min_messages = warning AS $fn$
 DECLARE
     sch  text;
     tbl  text;
     kind "char";
     cols text[];
+    args text;
 BEGIN
     SELECT n.nspname, c.relname, c.relkind INTO sch, tbl, kind
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -161,15 +163,15 @@ BEGIN
             USING ERRCODE = 'invalid_table_definition',
                   HINT = 'pgtide identifies rows by their primary key; add one, then track the table.';
     END IF;
+    args := (SELECT string_agg(quote_literal(a), ', ') FROM unnest(ARRAY[sch, tbl] || cols) AS a);
     EXECUTE format('DROP TRIGGER IF EXISTS pgtide_capture ON %s', rel);
     EXECUTE format(
         'CREATE TRIGGER pgtide_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
-        'FOR EACH ROW EXECUTE FUNCTION pgtide.capture_v1(%s)',
-        rel, (SELECT string_agg(quote_literal(c), ', ') FROM unnest(cols) AS c));
+        'FOR EACH ROW EXECUTE FUNCTION pgtide.capture_v1(%s)', rel, args);
     EXECUTE format('DROP TRIGGER IF EXISTS pgtide_capture_truncate ON %s', rel);
     EXECUTE format(
         'CREATE TRIGGER pgtide_capture_truncate AFTER TRUNCATE ON %s '
-        'FOR EACH STATEMENT EXECUTE FUNCTION pgtide.capture_truncate_v1()', rel);
+        'FOR EACH STATEMENT EXECUTE FUNCTION pgtide.capture_truncate_v1(%s)', rel, args);
     INSERT INTO public.sync_tracked (schema_name, table_name, pk_columns)
     VALUES (sch, tbl, cols)
     ON CONFLICT (schema_name, table_name) DO UPDATE SET pk_columns = EXCLUDED.pk_columns;
@@ -179,7 +181,7 @@ $fn$;
 
 -- Detach capture; returns whether the table was tracked.
 CREATE OR REPLACE FUNCTION pgtide.untrack_v1(rel regclass) RETURNS boolean
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SET client_min_messages = warning AS $fn$
 DECLARE
     n integer;
 BEGIN

@@ -110,25 +110,6 @@ def make_client(conn: Conn, branch: uuid.UUID) -> uuid.UUID:
 
 
 @pytest.fixture
-def db_url(server_url: str, template_db: str) -> Iterator[str]:
-    """conftest's fresh clone of the migrated template, but with the default WAL_LOG
-    strategy: FILE_COPY forces two checkpoints per clone and measured 2-3x slower for
-    this small template (on the embedded 18 and on 15), which made this file drag."""
-    name = f"pgtide_t_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template_db)
-            )
-        )
-    yield with_dbname(server_url, name)
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-
-
-@pytest.fixture
 def listener(db_url: str) -> Iterator[Conn]:
     """A second autocommit connection listening on the doorbell channel."""
     with db.connect(db_url) as c:
@@ -943,3 +924,23 @@ def test_unknown_status_is_rejected(conn: Conn) -> None:
             conn.execute(query, (*params, "teleported"))
         conn.execute(query, (*params, valid))
         assert [r["op"] for r in log_rows(conn, table)] == ["INSERT"], table
+
+
+def test_a_partitioned_table_is_logged_under_the_parent_name(conn: Conn) -> None:
+    conn.execute(
+        b"""CREATE TABLE ev (id int, day date, v text, PRIMARY KEY (id, day))
+              PARTITION BY RANGE (day);
+            CREATE TABLE ev_2024 PARTITION OF ev FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+            SELECT pgtide.track_v1('ev');"""
+    )
+    conn.execute("INSERT INTO ev VALUES (1, '2024-03-01', 'a')")
+    conn.execute("UPDATE ev SET v = 'b'")
+    conn.execute("TRUNCATE ev")
+    rows = conn.execute(
+        "SELECT schema_name, table_name, op, pk FROM sync_log ORDER BY id"
+    ).fetchall()
+    assert rows == [
+        ("public", "ev", "INSERT", {"id": 1, "day": "2024-03-01"}),
+        ("public", "ev", "UPDATE", {"id": 1, "day": "2024-03-01"}),
+        ("public", "ev", "TRUNCATE", None),
+    ]

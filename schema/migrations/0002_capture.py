@@ -1,7 +1,8 @@
 """Install the capture functions and guards from schema/triggers.sql.
 
-`pgtide migrate` also re-applies that file on every run (it is idempotent), so
-a change to it reaches databases migrated before the change.
+`pgtide migrate` re-applies that file (it is idempotent) whenever its hash differs
+from the one recorded in the database, so a change to it reaches databases
+migrated before the change (cdc/migrate.py).
 """
 
 from pathlib import Path
