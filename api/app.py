@@ -79,6 +79,11 @@ async def _supervise(listener: Listener) -> None:
             pause = min(pause * 2, 30.0)
 
 
+def app_from_env() -> Starlette:
+    """The app from the environment's settings (uvicorn's factory for `--workers`)."""
+    return create_app(Settings())
+
+
 def create_app(
     settings: Settings, *, database_url: str | None = None, run_sequencer: bool = True
 ) -> Starlette:
@@ -94,7 +99,7 @@ def create_app(
         if url is None:
             # resolve_url may start the embedded server: blocking, so off the loop.
             url = await asyncio.to_thread(db.resolve_url, settings)
-        hub = Hub()
+        hub = Hub(max_pending_bytes=settings.subscriber_max_bytes)
         # open(wait=False): the server starts even while the database is down;
         # /ready says 503 until it is back.
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import importlib.metadata
 import logging
+import os
 import signal
 from collections.abc import Coroutine
 from typing import Any
@@ -197,7 +198,14 @@ def db_stop() -> None:
 @click.option("--host", default=None, help="Interface to bind [default: PGTIDE_HOST or 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Port [default: PGTIDE_PORT or 8000].")
 @click.option("--no-migrate", is_flag=True, help="Do not apply pending migrations at start.")
-def serve(host: str | None, port: int | None, no_migrate: bool) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Server processes; each follows the log, exactly one sequences.",
+)
+def serve(host: str | None, port: int | None, no_migrate: bool, workers: int) -> None:
     """Serve the HTTP API and run the sequencer in this process."""
     import uvicorn
 
@@ -215,14 +223,20 @@ def serve(host: str | None, port: int | None, no_migrate: bool) -> None:
         report = run_migrations(url)
         if report.applied:
             log.info("applied migrations: %s", ", ".join(report.applied))
-    app = create_app(settings, database_url=url)
+    bind_host = settings.host if host is None else host
+    bind_port = settings.port if port is None else port
     # log_config=None: uvicorn's records go through the logging set up by `cli`.
-    uvicorn.run(
-        app,
-        host=settings.host if host is None else host,
-        port=settings.port if port is None else port,
-        log_config=None,
-    )
+    if workers > 1:
+        # Worker processes build their own app from the environment: hand them the
+        # resolved URL (the embedded server's, when DATABASE_URL was unset).
+        os.environ["DATABASE_URL"] = url
+        uvicorn.run(
+            "api.app:app_from_env", factory=True, workers=workers,
+            host=bind_host, port=bind_port, log_config=None,
+        )  # fmt: skip
+    else:
+        app = create_app(settings, database_url=url)
+        uvicorn.run(app, host=bind_host, port=bind_port, log_config=None)
 
 
 @cli.command()
@@ -240,6 +254,51 @@ def sequencer() -> None:
         )
     _run_until_signal(Sequencer(url, settings).run())
     err.print("sequencer stopped")
+
+
+@cli.command()
+@click.option("--tables", help="Comma-separated tracked tables [default: all].")
+@click.option("--ops", help="Comma-separated ops: insert, update, delete, truncate.")
+@click.option("--topics", help="Comma-separated topics of pgtide.publish messages.")
+@click.option("--since", help="now (default), earliest, or a cursor.")
+@click.option("--snapshot", is_flag=True, help="Print the current rows first.")
+@click.option(
+    "--where",
+    "where",
+    multiple=True,
+    metavar="COL=OP.VALUE",
+    help="Column filter as in GET /events, e.g. --where status=in.(new,paid); repeatable.",
+)
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a rich display.")
+def tail(
+    tables: str | None,
+    ops: str | None,
+    topics: str | None,
+    since: str | None,
+    snapshot: bool,
+    where: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Print live changes with the same filters as GET /events, until Ctrl-C."""
+    from api.tail import printer
+    from api.tail import tail as run_tail
+
+    columns = []
+    for w in where:
+        col, eq, value = w.partition("=")
+        if not eq or not col:
+            raise click.UsageError(f"--where takes COL=OP.VALUE, got {w!r}")
+        columns.append((col, value))
+    settings = _settings()
+    url = _database_url(settings)
+    # The listener's lifecycle lines would interleave with the changes: keep them quiet.
+    logging.getLogger("cdc").setLevel(max(logging.WARNING, logging.root.level))
+    _run_until_signal(
+        run_tail(
+            url, settings, tables=tables, ops=ops, topics=topics, since=since,
+            snapshot=snapshot, where=columns, emit=printer(out, as_json),
+        )
+    )  # fmt: skip
 
 
 def main() -> None:

@@ -33,8 +33,11 @@ def free_port() -> int:
 class Server:
     """A `pgtide serve` subprocess against one database."""
 
-    def __init__(self, url: str, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, url: str, env: Mapping[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         self.url = url
+        self.args = args
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -47,6 +50,7 @@ class Server:
 
     def start(self, timeout: float = 30) -> Server:
         cmd = [sys.executable, "-m", "api.cli", "serve", "--no-migrate", "--port", str(self.port)]
+        cmd += self.args
         self.proc = subprocess.Popen(cmd, env=self.env)
         self.wait_ready(timeout)
         return self
