@@ -15,10 +15,12 @@ from typing import Any, TypedDict
 from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from api.metrics import Metrics, RequestMetrics, metrics_endpoint
 from api.problems import http_exception, problem, unhandled
 from api.stream import stream_events
 from cdc import db
@@ -43,6 +45,7 @@ class State(TypedDict):
     pool: AsyncConnectionPool[Any]
     listener: Listener
     catalog: Catalog
+    metrics: Metrics
 
 
 async def ready(request: Request) -> Response:
@@ -116,6 +119,7 @@ def create_app(
                 "pool": pool,
                 "listener": listener,
                 "catalog": Catalog(pool),
+                "metrics": Metrics(hub, listener),
             }
         finally:
             for sub in list(hub.subscribers):
@@ -126,12 +130,16 @@ def create_app(
             await pool.close()
 
     handlers: dict[Any, Any] = {HTTPException: http_exception, Exception: unhandled}
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/events", stream_events, methods=["GET"]),
+    ]
+    templates = {r.endpoint: r.path for r in routes}
     return Starlette(
-        routes=[
-            Route("/health", health, methods=["GET"]),
-            Route("/ready", ready, methods=["GET"]),
-            Route("/events", stream_events, methods=["GET"]),
-        ],
+        routes=routes,
         lifespan=lifespan,
         exception_handlers=handlers,
+        middleware=[Middleware(RequestMetrics, routes=templates)],
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,24 @@ from cdc.reader import Change
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PENDING_BYTES = 4 * 1024 * 1024
+# Upper bounds (seconds) of the change-to-publish lag histogram.
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class LagHistogram:
+    """Cumulative-style buckets of lag, kept by the hub for /metrics (no library here)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LAG_BUCKETS) + 1))
+    total: float = 0.0
+    n: int = 0
+
+    def observe(self, seconds: float) -> None:
+        """Count one observation."""
+        i = next((k for k, b in enumerate(LAG_BUCKETS) if seconds <= b), len(LAG_BUCKETS))
+        self.counts[i] += 1
+        self.total += seconds
+        self.n += 1
 
 
 @dataclass(slots=True)
@@ -99,8 +118,10 @@ class Hub:
         self.subscribers: set[Subscriber] = set()
         self.max_pending_bytes = max_pending_bytes
         self._advanced = asyncio.Event()
+        self.published = 0
         self.delivered = 0
         self.dropped = 0
+        self.lag = LagHistogram()
 
     def start_at(self, seq: int) -> None:
         """Set the position the feed continues from (once, when the listener first connects)."""
@@ -162,6 +183,9 @@ class Hub:
                 else:
                     self.delivered += len(chunk.seqs)
         self.last_seq = fresh[-1].seq
+        self.published += len(fresh)
+        # From the change's clock time (taken in its transaction) to publication here.
+        self.lag.observe(max(0.0, time.time() - fresh[-1].at.timestamp()))
         # Wake whoever waits for the feed to move (snapshot streams), then re-arm.
         self._advanced.set()
         self._advanced = asyncio.Event()

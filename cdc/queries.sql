@@ -135,3 +135,15 @@ SELECT t.schema_name, t.table_name, t.pk_columns, a.attname::text, ty.typname::t
 -- name: earliest
 -- The smallest seq still retained (NULL when the log is empty).
 SELECT min(seq) FROM sync_order;
+
+-- name: metrics
+-- Database figures for /metrics: unsequenced committed changes, the oldest open
+-- write transaction's age, the NOTIFY queue's fill, sync_log's size.
+WITH st AS (SELECT next_xid, open_xids FROM sync_sequencer)
+SELECT (SELECT count(*) FROM sync_log l, st
+         WHERE (l.txid >= st.next_xid OR l.txid = ANY (st.open_xids))
+           AND NOT EXISTS (SELECT 1 FROM sync_order o WHERE o.log_id = l.id)),
+       (SELECT extract(epoch FROM max(now() - xact_start)) FROM pg_stat_activity
+         WHERE backend_xid IS NOT NULL AND datname = current_database()),
+       pg_notification_queue_usage(),
+       pg_total_relation_size('sync_log');
