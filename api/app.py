@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from api.auth import AuthMiddleware, TokenCache, TokenWatcher
 from api.metrics import Metrics, RequestMetrics, metrics_endpoint
 from api.problems import http_exception, problem, unhandled
 from api.stream import stream_events
@@ -96,6 +97,8 @@ def create_app(
     embedded server if needed); without it the lifespan resolves it from `settings`.
     """
 
+    token_cache = TokenCache()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         url = database_url
@@ -112,6 +115,9 @@ def create_app(
         await pool.open(wait=False)
         listener = Listener(url, hub, settings, sequence=run_sequencer)
         task = asyncio.create_task(_supervise(listener), name="pgtide-listener")
+        watcher = asyncio.create_task(
+            TokenWatcher(hub, pool, token_cache).run(), name="pgtide-tokens"
+        )
         try:
             yield {
                 "settings": settings,
@@ -124,9 +130,10 @@ def create_app(
         finally:
             for sub in list(hub.subscribers):
                 hub.unsubscribe(sub)  # ends open streams so shutdown does not wait on them
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for t in (task, watcher):
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
             await pool.close()
 
     handlers: dict[Any, Any] = {HTTPException: http_exception, Exception: unhandled}
@@ -141,5 +148,8 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         exception_handlers=handlers,
-        middleware=[Middleware(RequestMetrics, routes=templates)],
+        middleware=[
+            Middleware(RequestMetrics, routes=templates),
+            Middleware(AuthMiddleware, enabled=not settings.insecure_no_auth, cache=token_cache),
+        ],
     )

@@ -205,16 +205,41 @@ def db_stop() -> None:
     show_default=True,
     help="Server processes; each follows the log, exactly one sequences.",
 )
-def serve(host: str | None, port: int | None, no_migrate: bool, workers: int) -> None:
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    envvar="PGTIDE_INSECURE_NO_AUTH",
+    help="Serve without authentication: anyone who can reach the port reads and writes all.",
+)
+def serve(
+    host: str | None, port: int | None, no_migrate: bool, workers: int, insecure_no_auth: bool
+) -> None:
     """Serve the HTTP API and run the sequencer in this process."""
-    import uvicorn
+    settings = _settings()
+    url = _database_url(settings)
+    _prepare_database(url, no_migrate)
+    if insecure_no_auth:
+        err.print("WARNING: authentication is OFF (--insecure-no-auth): every request may "
+                  "read and write every branch's data.", style="bold red")  # fmt: skip
+        os.environ["PGTIDE_INSECURE_NO_AUTH"] = "true"  # for --workers processes
+        settings = settings.model_copy(update={"insecure_no_auth": True})
+    else:
+        from cdc.queries import queries
 
-    from api.app import create_app
+        with db.connect(url) as conn:
+            row = conn.execute(queries["token_count"]).fetchone()
+        if not row or row[0] == 0:
+            raise click.ClickException(
+                "no API token exists: create one with `pgtide token create --name NAME "
+                "--scope read,write`, or run `pgtide demo`, or pass --insecure-no-auth"
+            )
+    _serve(url, settings, host, port, workers)
+
+
+def _prepare_database(url: str, no_migrate: bool) -> None:
     from cdc.migrate import migrate as run_migrations
     from cdc.migrate import pending
 
-    settings = _settings()
-    url = _database_url(settings)
     if no_migrate:
         todo = pending(url)
         if todo:
@@ -223,6 +248,13 @@ def serve(host: str | None, port: int | None, no_migrate: bool, workers: int) ->
         report = run_migrations(url)
         if report.applied:
             log.info("applied migrations: %s", ", ".join(report.applied))
+
+
+def _serve(url: str, settings: Settings, host: str | None, port: int | None, workers: int) -> None:
+    import uvicorn
+
+    from api.app import create_app
+
     bind_host = settings.host if host is None else host
     bind_port = settings.port if port is None else port
     # log_config=None: uvicorn's records go through the logging set up by `cli`.
@@ -299,6 +331,65 @@ def tail(
             snapshot=snapshot, where=columns, emit=printer(out, as_json),
         )
     )  # fmt: skip
+
+
+@cli.group()
+def token() -> None:
+    """Create, list and revoke API tokens (stored as hashes only)."""
+
+
+@token.command("create")
+@click.option("--name", required=True, help="A unique name (letters, digits, _ . @ -).")
+@click.option(
+    "--scope", "scopes", required=True, help="Comma-separated: read, write, audit, admin."
+)
+@click.option("--branch", default=None, help="Pin the token to one branch id (uuid).")
+@click.option("--expires", default=None, help="Lifetime such as 90d, 12h, 2w [default: never].")
+def token_create(name: str, scopes: str, branch: str | None, expires: str | None) -> None:
+    """Create a token and print it once (it cannot be shown again)."""
+    from cdc import tokens
+
+    settings = _settings()
+    parsed = tokens.parse_scopes(scopes)
+    lifetime = tokens.parse_duration(expires) if expires else None
+    with db.connect(_database_url(settings)) as conn:
+        value = tokens.create(
+            conn, name=name, scopes=parsed, branch_id=branch, expires_in=lifetime,
+            pepper=settings.token_pepper,
+        )  # fmt: skip
+    click.echo(value)
+    pin = f", branch {branch}" if branch else ""
+    err.print(f"token {name!r} ({', '.join(parsed)}{pin}): keep it now, it is stored hashed")
+
+
+@token.command("list")
+def token_list() -> None:
+    """List tokens (names, scopes, branch, dates; never the tokens)."""
+    from cdc import tokens
+
+    with db.connect(_database_url(_settings())) as conn:
+        rows = tokens.list_tokens(conn)
+    table = Table("name", "scopes", "branch", "created", "expires", "state")
+    for t in rows:
+        state = "revoked" if t.revoked_at else "active"
+        table.add_row(
+            t.name, ",".join(t.scopes), t.branch_id or "-",
+            t.created_at.isoformat(timespec="seconds"),
+            t.expires_at.isoformat(timespec="seconds") if t.expires_at else "never", state,
+        )  # fmt: skip
+    out.print(table)
+
+
+@token.command("revoke")
+@click.argument("name")
+def token_revoke(name: str) -> None:
+    """Revoke a token by name; its open streams close within seconds."""
+    from cdc import tokens
+
+    with db.connect(_database_url(_settings())) as conn:
+        if not tokens.revoke(conn, name):
+            raise click.ClickException(f"no active token named {name!r}")
+    click.echo(f"revoked {name}")
 
 
 def main() -> None:

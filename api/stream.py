@@ -32,6 +32,15 @@ async def stream_events(request: Request) -> Response:
     if not state.listener.ready:
         return problem(503, "the change feed is not connected to the database yet",
                        headers={"Retry-After": "1"})  # fmt: skip
+    principal = state.principal
+    settings = state.settings
+    if principal.token_id is not None:
+        open_streams = sum(1 for s in state.hub.subscribers if s.owner == principal.token_id)
+        if open_streams >= settings.max_streams_per_token:
+            return problem(
+                429, f"this token already holds {open_streams} open streams",
+                headers={"Retry-After": "5"},
+            )  # fmt: skip
     params = request.query_params
     try:
         tables = params.get("tables")
@@ -42,6 +51,8 @@ async def stream_events(request: Request) -> Response:
             ops=params.get("ops"),
             topics=params.get("topics"),
             columns=[(k, v) for k, v in params.multi_items() if k not in RESERVED],
+            branch=principal.branch_id,
+            shared_tables=[t for t in settings.pinned_shared_tables.split(",") if t],
         )
         plan = await prepare(
             state.pool,
@@ -54,7 +65,7 @@ async def stream_events(request: Request) -> Response:
     except (FilterError, CursorError) as exc:
         return problem(400, str(exc))
     return EventSourceResponse(
-        events(state.hub, state.pool, plan),
+        events(state.hub, state.pool, plan, owner=principal.token_id),
         ping=HEARTBEAT_S,
         headers={"Cache-Control": "no-store"},
         send_timeout=30,

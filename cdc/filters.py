@@ -12,12 +12,13 @@ MESSAGE events are selected by `topics` alone.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from cdc.errors import FilterError
+from cdc.reader import Change
 
 ROW_OPS = frozenset({"INSERT", "UPDATE", "DELETE", "TRUNCATE"})
 OPERATORS = frozenset({"eq", "neq", "lt", "lte", "gt", "gte", "in", "is"})
@@ -60,15 +61,48 @@ class StreamFilter:
     predicates: Mapping[str, tuple[Predicate, ...]] = field(
         default_factory=dict, compare=False, hash=False
     )
+    # A branch-pinned subscriber: only rows whose branch_id is this, whatever it asked.
+    branch: str | None = None
+    shared_tables: frozenset[str] = frozenset()  # tables without branch_id it may read
 
     @property
     def key(self) -> tuple[Any, ...]:
         """Equal keys select equal events: the hub encodes a batch once per key."""
-        return (self.tables, self.ops, self.topics, self.columns)
+        return (self.tables, self.ops, self.topics, self.columns, self.branch, self.shared_tables)
+
+    def _in_branch(self, img: Image | None) -> bool:
+        return img is not None and str(img.get("branch_id", "")).lower() == self.branch
+
+    def _branch_allows(self, op: str, table: str, new: Image | None, old: Image | None) -> bool:
+        if self.branch is None:
+            return True
+        if op == "MESSAGE":
+            return self._in_branch(new)  # a message payload naming this branch
+        if table in self.shared_tables or op == "TRUNCATE":
+            return True
+        return self._in_branch(new) or self._in_branch(old)
+
+    def view(self, change: Change) -> Change:
+        """The change as this subscriber may see it.
+
+        For a pinned subscriber an UPDATE that moves a row out of its branch is a
+        DELETE (no new image), one that moves a row in is an INSERT (no old image):
+        it never sees another branch's values. Anything else is returned as is.
+        """
+        if self.branch is None or change.op != "UPDATE" or change.table_name in self.shared_tables:
+            return change
+        new_in, old_in = self._in_branch(change.new_row), self._in_branch(change.old_row)
+        if new_in and not old_in:
+            return replace(change, op="INSERT", old_row=None, changed=None)
+        if old_in and not new_in:
+            return replace(change, op="DELETE", new_row=None, changed=None)
+        return change
 
     def matches_row(self, table: str, row: Image) -> bool:
         """Whether a current row (a snapshot row) of `table` passes the column filters."""
         if self.tables is not None and table not in self.tables:
+            return False
+        if not self._branch_allows("INSERT", table, row, None):
             return False
         if not self.columns:
             return True
@@ -77,6 +111,8 @@ class StreamFilter:
 
     def matches(self, op: str, table: str, new: Image | None, old: Image | None) -> bool:
         """Whether a change (or message) passes this filter."""
+        if not self._branch_allows(op, table, new, old):
+            return False
         if op == "MESSAGE":
             return self.topics is not None and table in self.topics
         if op not in self.ops or (self.tables is not None and table not in self.tables):
@@ -233,6 +269,8 @@ def build_filter(
     ops: str | None,
     topics: str | None,
     columns: Iterable[tuple[str, str]],
+    branch: str | None = None,
+    shared_tables: Iterable[str] = (),
 ) -> StreamFilter:
     """Check a request's filters against the tracked tables and compile them.
 
@@ -260,7 +298,17 @@ def build_filter(
                 predicates[info.name] = tuple(
                     _compile(f, info.columns[f.column], info.name) for f in parsed
                 )
-    return StreamFilter(selected, parse_ops(ops), topic_set, parsed, predicates)
+    shared = frozenset(t for t in shared_tables if t in catalog)
+    if branch is not None:
+        # Pinned: a table without branch_id is readable only when shared by configuration.
+        readable = {t for t, info in catalog.items() if "branch_id" in info.columns} | shared
+        if selected is not None and not selected <= readable:
+            hidden = sorted(selected - readable)[0]
+            raise FilterError(f"table {hidden!r} is not readable with a branch-pinned token")
+    return StreamFilter(
+        selected, parse_ops(ops), topic_set, parsed, predicates,
+        branch=branch.lower() if branch else None, shared_tables=shared,
+    )  # fmt: skip
 
 
 def kind_of(type_name: str, category: str) -> str:

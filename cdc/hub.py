@@ -72,6 +72,7 @@ class Subscriber:
     filter: StreamFilter
     joined_at: int
     max_pending: int
+    owner: Any = None  # who opened it (a token id), so it can be closed on revocation
     queue: deque[Chunk] = field(default_factory=deque)
     pending: int = 0
     overflowed: bool = False
@@ -128,11 +129,13 @@ class Hub:
         if self.last_seq is None:
             self.last_seq = seq
 
-    def subscribe(self, flt: StreamFilter, max_pending: int | None = None) -> Subscriber:
+    def subscribe(
+        self, flt: StreamFilter, max_pending: int | None = None, owner: Any = None
+    ) -> Subscriber:
         """Join the live feed: the subscriber receives every matching change after `joined_at`."""
         if self.last_seq is None:
             raise RuntimeError("the hub is not ready: the listener has not connected yet")
-        sub = Subscriber(flt, self.last_seq, max_pending or self.max_pending_bytes)
+        sub = Subscriber(flt, self.last_seq, max_pending or self.max_pending_bytes, owner)
         self.subscribers.add(sub)
         return sub
 
@@ -155,14 +158,16 @@ class Hub:
         if fresh[0].seq != self.last_seq + 1:
             raise RuntimeError(f"gap in the feed: {self.last_seq} then {fresh[0].seq}")
         encoded = [(c, encode_change(c)) for c in fresh]
+        flt: StreamFilter
         chunks: dict[tuple[Any, ...], Chunk | None] = {}
         for sub in list(self.subscribers):
             key = sub.filter.key
             if key not in chunks:
+                flt = sub.filter
                 picked = [
-                    (c.seq, data)
+                    (c.seq, data if flt.branch is None else _view_bytes(flt, c, data))
                     for c, data in encoded
-                    if sub.filter.matches(c.op, c.table_name, c.new_row, c.old_row)
+                    if flt.matches(c.op, c.table_name, c.new_row, c.old_row)
                 ]
                 chunks[key] = (
                     Chunk(
@@ -194,3 +199,9 @@ class Hub:
         """Return when the next batch is published, or after `timeout` seconds."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._advanced.wait(), timeout)
+
+
+def _view_bytes(flt: StreamFilter, change: Change, data: bytes) -> bytes:
+    """A pinned subscriber's bytes: the shared encoding unless its view rewrites the change."""
+    seen = flt.view(change)
+    return data if seen is change else encode_change(seen)

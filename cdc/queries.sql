@@ -147,3 +147,36 @@ SELECT (SELECT count(*) FROM sync_log l, st
          WHERE backend_xid IS NOT NULL AND datname = current_database()),
        pg_notification_queue_usage(),
        pg_total_relation_size('sync_log');
+
+-- name: token_create
+-- A new token's record (its hash only).
+INSERT INTO sync_tokens (name, token_hash, scopes, branch_id, expires_at)
+VALUES (%(name)s, %(hash)s, %(scopes)s, %(branch)s::uuid, now() + %(expires)s::interval);
+
+-- name: token_revoke
+-- Revoke an active token by name.
+UPDATE sync_tokens SET revoked_at = now()
+ WHERE name = %(name)s AND revoked_at IS NULL
+RETURNING id;
+
+-- name: token_list
+-- Every token's record, newest first.
+SELECT id, name, scopes, branch_id::text, created_at, expires_at, revoked_at
+  FROM sync_tokens ORDER BY created_at DESC, id DESC;
+
+-- name: token_lookup
+-- The active token with this hash.
+SELECT id, name, scopes, branch_id::text, created_at, expires_at, revoked_at
+  FROM sync_tokens
+ WHERE token_hash = %(hash)s AND revoked_at IS NULL
+   AND (expires_at IS NULL OR expires_at > now());
+
+-- name: token_inactive
+-- Which of the given tokens are revoked or expired now.
+SELECT id FROM sync_tokens
+ WHERE id = ANY (%(ids)s) AND (revoked_at IS NOT NULL OR expires_at <= now());
+
+-- name: token_count
+-- How many active tokens exist (serve refuses to start without one).
+SELECT count(*) FROM sync_tokens
+ WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now());

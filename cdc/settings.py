@@ -33,3 +33,16 @@ class Settings(BaseSettings):
     safety_poll_s: float = 1.0
     # Rows sequenced per batch when a backlog has built up.
     batch_rows: int = 5000
+    # First delay before the listener or sequencer reconnects to a lost database
+    # (then doubling, with jitter, up to 30 s).
+    reconnect_base_s: float = 1.0
+    # Bytes a subscriber may have queued before it is closed with a `retry:` hint.
+    subscriber_max_bytes: int = 4 * 1024 * 1024
+    # Auth. Tokens are stored as BLAKE2b(token, key=pepper); see cdc/tokens.py.
+    token_pepper: str | None = None
+    # `serve --insecure-no-auth`: every request acts as an all-scopes principal.
+    insecure_no_auth: bool = False
+    # Concurrent streams one token may hold open (429 beyond).
+    max_streams_per_token: int = 100
+    # Tables without branch_id that branch-pinned tokens may read (comma-separated).
+    pinned_shared_tables: str = ""

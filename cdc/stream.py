@@ -111,9 +111,11 @@ async def prepare(
     return plan
 
 
-async def events(hub: Hub, pool: AsyncConnectionPool[Any], plan: Plan) -> AsyncIterator[bytes]:
+async def events(
+    hub: Hub, pool: AsyncConnectionPool[Any], plan: Plan, owner: Any = None
+) -> AsyncIterator[bytes]:
     """The stream's bytes: retry hint, then snapshot/catch-up, `synced`, then live events."""
-    sub = hub.subscribe(plan.filter)
+    sub = hub.subscribe(plan.filter, owner=owner)
     try:
         yield encode_retry()
         if plan.reset_earliest is not None:
@@ -226,7 +228,7 @@ async def _from_log(
             if view is not None and c.seq <= covered and view.shows(int(c.txid)):
                 continue  # already in the snapshot
             if flt.matches(c.op, c.table_name, c.new_row, c.old_row):
-                out.append(encode_change(c, with_id=c.seq > covered))
+                out.append(encode_change(flt.view(c), with_id=c.seq > covered))
         pos = min(batch[-1].seq, target)
         if out:
             yield b"".join(out)

@@ -34,10 +34,15 @@ class Server:
     """A `pgtide serve` subprocess against one database."""
 
     def __init__(
-        self, url: str, env: Mapping[str, str] | None = None, args: tuple[str, ...] = ()
+        self,
+        url: str,
+        env: Mapping[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        auth: bool = False,
     ) -> None:
         self.url = url
-        self.args = args
+        # Tests of other features run without auth; the auth tests ask for it.
+        self.args = args if auth else (*args, "--insecure-no-auth")
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = {

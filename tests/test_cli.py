@@ -249,7 +249,7 @@ def serve(db_url: str) -> Iterator[str]:
     """A running `pgtide serve` on a free port; yields its base URL."""
     port = free_port()
     with subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--insecure-no-auth"],
         env=env_for(db_url),
         cwd=ROOT,
         stderr=subprocess.PIPE,

@@ -1,0 +1,191 @@
+"""Authentication and authorisation, enforced in one place: `AuthMiddleware`.
+
+Each request's required scope comes from its method and path (`required_scope`);
+the token comes from `Authorization: Bearer …`, or `?access_token=` on
+`GET /events` only (EventSource cannot send headers). 401 for a missing,
+unknown, expired or revoked token; 403 for a missing scope. The resolved
+`Principal` is put in the request state for the routes, which apply its branch
+pin to what they read and write.
+
+Token lookups are cached for `CACHE_S` seconds, so a revocation reaches new
+requests within seconds; `TokenWatcher` closes the open streams of revoked or
+expired tokens on the same clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.problems import problem
+from cdc import tokens
+from cdc.hub import Hub
+
+log = logging.getLogger(__name__)
+
+CACHE_S = 2.0
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics", "/openapi.json", "/", "/branch"})
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a token's name, scopes and branch pin."""
+
+    token_id: int | None
+    name: str
+    scopes: frozenset[str]
+    branch_id: str | None = None
+
+    def can(self, scope: str) -> bool:
+        """Whether this principal holds `scope` (admin holds every scope)."""
+        return "admin" in self.scopes or scope in self.scopes
+
+
+# With auth disabled (`serve --insecure-no-auth`), every request acts as this.
+NO_AUTH = Principal(None, "insecure-no-auth", frozenset(tokens.SCOPES))
+
+
+def required_scope(method: str, path: str) -> str | None:
+    """The scope a request needs; None for public paths (and unknown ones, which 404)."""
+    if path in PUBLIC_PATHS or path.startswith("/static/"):
+        return None
+    if path == "/events":
+        return "read"
+    if path == "/api/sync-log" or (path.startswith("/api/") and path.endswith("/history")):
+        return "audit"
+    if path.startswith("/api/"):
+        return "read" if method in READ_METHODS else "write"
+    return None
+
+
+class TokenCache:
+    """Recently resolved tokens (for `CACHE_S`), shared with the watcher that evicts them."""
+
+    def __init__(self) -> None:
+        self.entries: dict[bytes, tuple[Principal | None, float]] = {}
+
+    def get(self, key: bytes, now: float) -> tuple[bool, Principal | None]:
+        """(hit, principal) for a token's hash."""
+        hit = self.entries.get(key)
+        if hit is not None and hit[1] > now:
+            return True, hit[0]
+        return False, None
+
+    def put(self, key: bytes, principal: Principal | None, now: float) -> None:
+        """Remember a lookup; bounded, so a flood of bad tokens cannot grow it."""
+        if len(self.entries) > 10_000:
+            self.entries.clear()
+        self.entries[key] = (principal, now + CACHE_S)
+
+    def evict(self, token_ids: set[int]) -> None:
+        """Forget these tokens at once (they were revoked or expired)."""
+        for key, (p, _) in list(self.entries.items()):
+            if p is not None and p.token_id in token_ids:
+                del self.entries[key]
+
+
+class AuthMiddleware:
+    """Pure ASGI middleware: resolves the principal or answers 401/403 itself."""
+
+    def __init__(self, app: ASGIApp, enabled: bool, cache: TokenCache) -> None:
+        self.app = app
+        self.enabled = enabled
+        self.cache = cache
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        if not self.enabled:
+            state["principal"] = NO_AUTH
+            await self.app(scope, receive, send)
+            return
+        need = required_scope(scope["method"], scope["path"])
+        if need is None:
+            await self.app(scope, receive, send)
+            return
+        token = _presented_token(scope)
+        if token is None:
+            await _deny(scope, receive, send, 401, "a bearer token is required")
+            return
+        principal = await self._resolve(state, token)
+        if principal is None:
+            await _deny(scope, receive, send, 401, "unknown, expired or revoked token")
+            return
+        if not principal.can(need):
+            await _deny(scope, receive, send, 403, f"this token lacks the {need!r} scope")
+            return
+        state["principal"] = principal
+        await self.app(scope, receive, send)
+
+    async def _resolve(self, state: dict[str, Any], token: str) -> Principal | None:
+        now = time.monotonic()
+        pepper = state["settings"].token_pepper
+        key = tokens.hash_token(token, pepper)  # the cache never holds tokens themselves
+        hit, principal = self.cache.get(key, now)
+        if hit:
+            return principal
+        async with state["pool"].connection() as conn:
+            rec = await tokens.lookup(conn, token, pepper)
+        principal = (
+            Principal(rec.id, rec.name, frozenset(rec.scopes), rec.branch_id) if rec else None
+        )
+        self.cache.put(key, principal, now)
+        return principal
+
+
+def _presented_token(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            kind, _, cred = value.decode("latin-1").partition(" ")
+            return cred.strip() if kind.lower() == "bearer" and cred.strip() else None
+    if scope["path"] == "/events" and scope.get("query_string"):
+        qs: bytes = scope["query_string"]
+        values = parse_qs(qs.decode("latin-1")).get("access_token")
+        if values:
+            return str(values[0])
+    return None
+
+
+async def _deny(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
+    headers = {"WWW-Authenticate": 'Bearer realm="pgtide"'} if status == 401 else None
+    await problem(status, detail, headers=headers)(scope, receive, send)
+
+
+class TokenWatcher:
+    """Closes the open streams of tokens that have been revoked or have expired."""
+
+    def __init__(
+        self, hub: Hub, pool: Any, cache: TokenCache, interval_s: float = CACHE_S
+    ) -> None:
+        self.hub = hub
+        self.pool = pool
+        self.cache = cache
+        self.interval_s = interval_s
+
+    async def run(self) -> None:
+        """Check every `interval_s` until cancelled; a database error only delays it."""
+        while True:
+            await asyncio.sleep(self.interval_s)
+            owners = {s.owner for s in list(self.hub.subscribers) if s.owner is not None}
+            if not owners:
+                continue
+            try:
+                async with self.pool.connection(timeout=5) as conn:
+                    gone = await tokens.inactive(conn, sorted(owners))
+            except Exception as exc:  # the database being away must not stop the watcher
+                log.warning("token watcher: %s", type(exc).__name__)
+                continue
+            self.cache.evict(gone)
+            for sub in list(self.hub.subscribers):
+                if sub.owner in gone:
+                    self.hub.unsubscribe(sub)
+                    log.info("closed a stream of revoked or expired token id %s", sub.owner)
