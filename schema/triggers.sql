@@ -194,3 +194,18 @@ BEGIN
     RETURN n > 0;
 END
 $fn$;
+
+-- Re-attach capture to every tracked table, so trigger arguments always follow
+-- the functions above (this file is re-applied whenever it changes). A tracked
+-- table that no longer exists is skipped.
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT schema_name, table_name FROM public.sync_tracked LOOP
+        IF to_regclass(format('%I.%I', r.schema_name, r.table_name)) IS NOT NULL THEN
+            PERFORM pgtide.track_v1(format('%I.%I', r.schema_name, r.table_name)::regclass);
+        END IF;
+    END LOOP;
+END
+$$;

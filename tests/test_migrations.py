@@ -15,12 +15,16 @@ import pytest
 from psycopg import sql
 
 from cdc import db
-from cdc.migrate import MigrationReport, migrate, pending, triggers_sql
+from cdc.migrate import MigrationReport, migrate, pending, schema_dir, triggers_sql
 from tests.conftest import with_dbname
 
 Conn = psycopg.Connection[Any]
 
-ALL_MIGRATIONS = ["0001_engine", "0002_capture", "0003_domain"]
+# Every migration file, in name order (yoyo's order here, as each depends on an earlier one).
+ALL_MIGRATIONS = sorted(
+    p.stem for p in (schema_dir() / "migrations").iterdir()
+    if p.suffix in (".sql", ".py") and not p.name.endswith(".rollback.sql")
+)
 DOMAIN_TABLES = [
     "appointments",
     "branches",
@@ -248,3 +252,22 @@ def test_triggers_sql_can_be_run_twice_in_a_row(conn: Conn) -> None:
     conn.execute(text)
     assert db_functions(conn) == file_functions()
     capture_works(conn)
+
+
+def test_reapplying_triggers_sql_reattaches_capture_to_tracked_tables(db_url: str) -> None:
+    """A database tracked under an older trigger layout is brought up to date."""
+    with db.connect(db_url) as conn:
+        conn.execute(b"CREATE TABLE mine (id int PRIMARY KEY); SELECT pgtide.track_v1('mine')")
+        # Simulate an old layout: the trigger's arguments are the key columns only.
+        conn.execute(
+            b"DROP TRIGGER pgtide_capture ON mine;"
+            b"CREATE TRIGGER pgtide_capture AFTER INSERT OR UPDATE OR DELETE ON mine"
+            b" FOR EACH ROW EXECUTE FUNCTION pgtide.capture_v1('id');"
+            b"COMMENT ON SCHEMA pgtide IS 'stale';"
+        )
+    report = migrate(db_url)
+    assert report.triggers_applied
+    with db.connect(db_url) as conn:
+        conn.execute("INSERT INTO mine VALUES (1)")
+        row = conn.execute("SELECT schema_name, table_name, pk FROM sync_log").fetchone()
+    assert row == ("public", "mine", {"id": 1})
