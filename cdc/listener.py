@@ -44,11 +44,13 @@ class Listener:
         settings: Settings | None = None,
         *,
         sequence: bool = True,
-        reconnect_base_s: float = 1.0,
+        reconnect_base_s: float | None = None,
     ) -> None:
         self.url = url
         self.hub = hub
         self.settings = settings or Settings()
+        if reconnect_base_s is None:
+            reconnect_base_s = self.settings.reconnect_base_s
         self.sequencer: Sequencer | None = None
         if sequence:
             self.sequencer = Sequencer(

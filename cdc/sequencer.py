@@ -114,10 +114,12 @@ class Sequencer:
         *,
         on_batch: BatchCallback | None = None,
         lead_retry_s: float = 0.5,
-        reconnect_base_s: float = 1.0,
+        reconnect_base_s: float | None = None,
     ) -> None:
         self.url = url
         self.settings = settings or Settings()
+        if reconnect_base_s is None:
+            reconnect_base_s = self.settings.reconnect_base_s
         self.on_batch = on_batch
         self.lead_retry_s = lead_retry_s
         self.backoff = Backoff(base=reconnect_base_s)

