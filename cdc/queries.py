@@ -19,6 +19,9 @@ def _parse(text: str) -> dict[str, LiteralString]:
     return out
 
 
-queries: dict[str, LiteralString] = _parse(
-    (Path(__file__).with_name("queries.sql")).read_text(encoding="utf-8")
-)
+def load(path: Path) -> dict[str, LiteralString]:
+    """Parse a file of named blocks in this format (api/ keeps its own queries file)."""
+    return _parse(path.read_text(encoding="utf-8"))
+
+
+queries: dict[str, LiteralString] = load(Path(__file__).with_name("queries.sql"))

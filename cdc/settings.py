@@ -46,3 +46,5 @@ class Settings(BaseSettings):
     max_streams_per_token: int = 100
     # Tables without branch_id that branch-pinned tokens may read (comma-separated).
     pinned_shared_tables: str = ""
+    # How long a write's Idempotency-Key is remembered (a repeat replays its response).
+    idempotency_ttl_s: float = 24 * 3600.0
