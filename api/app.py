@@ -23,6 +23,7 @@ from starlette.routing import Route
 from api.auth import AuthMiddleware, TokenCache, TokenWatcher
 from api.metrics import Metrics, RequestMetrics, metrics_endpoint
 from api.problems import http_exception, problem, unhandled
+from api.resources import resource_routes
 from api.stream import stream_events
 from cdc import db
 from cdc.catalog import Catalog
@@ -142,6 +143,7 @@ def create_app(
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/events", stream_events, methods=["GET"]),
+        *resource_routes(),
     ]
     templates = {r.endpoint: r.path for r in routes}
     return Starlette(

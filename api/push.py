@@ -1,0 +1,254 @@
+"""`POST /api/sync/push`: an offline client's queued mutations, applied in order.
+
+Each mutation runs in its own transaction, which claims its mutation id in
+`sync_mutations` first: an id applied before is reported `duplicate` and not
+applied again (a concurrent push of the same id waits on the claim, then sees
+it). Each result is `applied` (with the row and txid), `duplicate` (with the
+txid that applied it), `conflict` (with the server's current row, or null when
+there is none) or `rejected` (with what was wrong); only `applied` leaves a
+trace, so a conflicting or rejected mutation may be sent again. One failing
+mutation never stops the ones after it. Policies (docs/writes.md):
+
+- `version`: an update or delete applies only when `base_version` is the row's version;
+- `lww`: a write applies only when its `client_ts` is later than the row's last write
+  (the last pushed `client_ts`, kept in `sync_clocks`, or the row's `updated_at` when
+  another writer changed it since); a delete leaves a tombstone, so a late update or
+  insert does not bring the row back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import psycopg
+from pydantic import AwareDatetime, Field, ValidationError
+from pydantic_core import to_json
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api import writes
+from api.bodies import parse, read_body
+from api.errors import RETRYABLE, ApiError, database_error, guarded, invalid, name_check_columns
+from api.identity import author_of, branch_pin, confine
+from api.models import INT_MAX, RESOURCES, Resource, WriteModel
+from api.queries import queries
+from cdc.events import dumps
+
+MAX_MUTATIONS = 1000
+ATTEMPTS = 3
+
+Result = dict[str, Any]
+
+
+class Mutation(WriteModel):
+    """One queued mutation, as the client recorded it."""
+
+    mutation_id: Annotated[str, Field(min_length=1, max_length=200)]
+    resource: str
+    op: Literal["insert", "create", "update", "delete"]  # create: an alias of insert
+    id: UUID | None = None
+    data: dict[str, Any] | None = None  # ignored for delete
+    base_version: Annotated[int, Field(ge=1, le=INT_MAX)] | None = None
+    client_ts: AwareDatetime | None = None
+
+
+class PushRequest(WriteModel):
+    """A push: who sends it, the conflict policy, the mutations in the order made."""
+
+    client_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    policy: Literal["version", "lww"] = "version"
+    mutations: Annotated[list[Any], Field(max_length=MAX_MUTATIONS)]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A mutation that passed validation: its resource, op, row id and column values."""
+
+    m: Mutation
+    res: Resource
+    op: str  # insert | update | delete
+    id: UUID | None
+    values: dict[str, Any]
+    pin: UUID | None = None  # the branch a pinned token confines it to
+
+
+class Rejected(Exception):
+    """A mutation refused before the database: its detail and field errors."""
+
+    def __init__(self, detail: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail)
+        self.detail, self.errors = detail, errors or []
+
+
+async def push(request: Request) -> Response:
+    """Apply the mutations in order; answer 200 with one result per mutation."""
+    return await guarded(lambda: _push(request))
+
+
+async def _push(request: Request) -> Response:
+    req = parse(PushRequest, await read_body(request))
+    sender = author_of(request, origin=req.client_id)  # bad headers: 400 before any write
+    state: Any = request.state
+    results: list[Result] = []
+    async with state.pool.connection() as conn:
+        for index, raw in enumerate(req.mutations):
+            head = {"index": index, "mutation_id": _mutation_id(raw)}
+            try:
+                planned = _plan(raw, req.policy)
+                pin = branch_pin(request, planned.res, writing=True)
+                confine(planned.values, pin)
+            except (Rejected, ApiError) as exc:
+                errors = exc.errors if isinstance(exc, Rejected) else []
+                results.append({**head, "status": "rejected", "detail": exc.detail,
+                                "errors": errors})  # fmt: skip
+                continue
+            planned = replace(planned, pin=pin)
+            author = replace(sender, mutation_id=planned.m.mutation_id)
+            results.append({**head, **await _apply(conn, planned, req, author)})
+    return Response(dumps({"results": results}), 200, media_type="application/json")
+
+
+def _mutation_id(raw: Any) -> str | None:
+    value = raw.get("mutation_id") if isinstance(raw, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _plan(raw: Any, policy: str) -> Planned:
+    """Validate one mutation (envelope, resource, data, what the policy needs)."""
+    try:
+        m = Mutation.model_validate_json(to_json(raw))
+    except ValidationError as exc:
+        raise Rejected("invalid mutation", invalid(exc)) from None
+    res = RESOURCES.get(m.resource)
+    if res is None:
+        raise Rejected(f"unknown resource {m.resource!r}; use one of {', '.join(RESOURCES)}")
+    op = "insert" if m.op == "create" else m.op
+    if op != "insert" and m.id is None:
+        raise Rejected(f"{op} needs the row's id")
+    if policy == "version" and op != "insert" and m.base_version is None:
+        raise Rejected(f"policy version: {op} needs base_version")
+    if policy == "lww" and m.client_ts is None:
+        raise Rejected("policy lww: every mutation needs client_ts")
+    values: dict[str, Any] = {}
+    if op != "delete":
+        data = dict(m.data or {})
+        if op == "insert" and m.id is not None and data.setdefault("id", str(m.id)) != str(m.id):
+            errors = [{"field": "data.id", "message": "must be the mutation's id"}]
+            raise Rejected("data.id differs from the mutation's id", errors)
+        model = res.create if op == "insert" else res.patch
+        try:
+            body = model.model_validate_json(to_json(data))
+        except ValidationError as exc:
+            errors = invalid(exc, prefix=("data",))
+            raise Rejected("invalid data: " + "; ".join(
+                f"{e['field']}: {e['message']}" for e in errors[:5]), errors) from None  # fmt: skip
+        values = res.columns_of(body)
+    row_id = m.id if m.id is not None else values.get("id")
+    return Planned(m, res, op, row_id, values)
+
+
+async def _apply(
+    conn: psycopg.AsyncConnection[Any], p: Planned, req: PushRequest, author: writes.Author
+) -> Result:
+    """One mutation in its own transaction (retried on deadlock); its result."""
+    for attempt in range(1, ATTEMPTS + 1):
+        result: Result = {}
+        try:
+            async with conn.transaction():
+                txid = await writes.begin(conn, author)
+                cur = await conn.execute(queries["claim_mutation"], {
+                    "mutation_id": p.m.mutation_id, "client_id": req.client_id,
+                    "resource": p.res.name, "op": p.op, "row_id": p.id,
+                })  # fmt: skip
+                if await cur.fetchone() is None:
+                    cur = await conn.execute(
+                        queries["applied_mutation"], {"mutation_id": p.m.mutation_id}
+                    )
+                    first = await cur.fetchone()
+                    result = {"status": "duplicate", "txid": first[0] if first else None}
+                    raise psycopg.Rollback()
+                decide = _lww if req.policy == "lww" else _by_version
+                result = await decide(conn, p)
+                if result["status"] != "applied":
+                    raise psycopg.Rollback()  # a conflict leaves no trace, not even the claim
+                result["txid"] = txid
+                if p.m.client_ts is not None:
+                    row = result["row"]
+                    await conn.execute(queries["set_clock"], {
+                        "table": p.res.name, "id": row["id"], "client_ts": p.m.client_ts,
+                        "version": None if p.op == "delete" else row["version"],
+                    })  # fmt: skip
+            return result
+        except psycopg.Error as exc:
+            if isinstance(exc, RETRYABLE) and attempt < ATTEMPTS:
+                continue
+            error = database_error(exc, deleting=p.op == "delete")
+            if error is None or error.status == 503:
+                raise  # the server's failure, not the mutation's: the push fails (503 or 500)
+            error = await name_check_columns(conn, exc, error)
+            return {"status": "rejected", "detail": error.detail,
+                    "errors": error.members.get("errors", [])}  # fmt: skip
+    raise AssertionError("unreachable")  # the last attempt returns or raises
+
+
+def _conflict(row: writes.Row | None, detail: str) -> Result:
+    return {"status": "conflict", "row": row, "detail": detail}
+
+
+async def _by_version(conn: psycopg.AsyncConnection[Any], p: Planned) -> Result:
+    """Policy `version`: an update or delete applies at `base_version` only."""
+    if p.op == "insert":
+        current = await writes.fetch(conn, p.res, p.id, p.pin) if p.id is not None else None
+        if current is not None:
+            return _conflict(current, "a row with this id already exists")
+        return {"status": "applied", "row": await writes.insert(conn, p.res, p.values)}
+    assert p.id is not None and p.m.base_version is not None
+    if p.op == "update":
+        row = await writes.update(conn, p.res, p.id, p.values, [p.m.base_version], p.pin)
+    else:
+        row = await writes.delete(conn, p.res, p.id, [p.m.base_version], p.pin)
+    if row is not None:
+        return {"status": "applied", "row": row}
+    current = await writes.fetch(conn, p.res, p.id, p.pin)
+    if current is None:
+        return _conflict(None, "the row does not exist (it may have been deleted)")
+    return _conflict(current, f"base_version {p.m.base_version} is not the row's version "
+                              f"{current['version']}")  # fmt: skip
+
+
+async def _lww(conn: psycopg.AsyncConnection[Any], p: Planned) -> Result:
+    """Policy `lww`: the write applies when its client_ts is later than the row's last write."""
+    assert p.m.client_ts is not None
+    current, last = None, None
+    if p.id is not None:
+        locked = await writes.lock(conn, p.res, p.id, p.pin)
+        cur = await conn.execute(queries["lock_clock"], {"table": p.res.name, "id": p.id})
+        clock = await cur.fetchone()
+        if locked is not None:
+            current, version, updated_at = locked
+            # The pushed clock speaks for the row while no one else wrote it since.
+            last = clock[0] if clock is not None and clock[1] == version else updated_at
+        elif clock is not None:
+            last = clock[0]  # a tombstone: the row was deleted by a push at that time
+    if last is not None and p.m.client_ts <= last:
+        return _conflict(current, f"the row was last written at {_iso(last)}, "
+                                  f"not before client_ts {_iso(p.m.client_ts)}")  # fmt: skip
+    if p.op == "insert":
+        if current is not None:
+            return _conflict(current, "a row with this id already exists")
+        return {"status": "applied", "row": await writes.insert(conn, p.res, p.values)}
+    if current is None:
+        return _conflict(None, "the row does not exist (it may have been deleted)")
+    assert p.id is not None
+    if p.op == "update":
+        row = await writes.update(conn, p.res, p.id, p.values, None, p.pin)
+    else:
+        row = await writes.delete(conn, p.res, p.id, None, p.pin)
+    return {"status": "applied", "row": row}
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat()

@@ -1,0 +1,267 @@
+"""`/api/<resource>` and `/api/<resource>/<id>`: one implementation for every resource.
+
+Each route is built from a `Resource` (api/models.py). Writes run in one
+transaction that first records the author (api/writes.begin), answer with
+`{"data": …, "txid": "…"}` and an `ETag: "<version>"`, honour `If-Match` and
+`Idempotency-Key`, and turn every refusal into problem+json (api/errors.py).
+Decisions are written down in docs/writes.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api import idempotency, writes
+from api.bodies import is_array, parse, parse_array, read_body
+from api.errors import RETRYABLE, ApiError, database_error, guarded, name_check_columns
+from api.idempotency import Reply
+from api.identity import author_of, branch_pin, confine
+from api.listing import cursor, plan
+from api.models import INT_MAX, RESOURCES, Resource
+from api.openapi import openapi
+from api.push import push
+from api.queries import queries
+from cdc.events import dumps
+
+ATTEMPTS = 3  # deadlocks and serialisation failures are retried, then 503
+
+Conn = psycopg.AsyncConnection[Any]
+Work = Callable[[Conn, str], Awaitable[Reply]]
+T = TypeVar("T")
+Handler = Callable[[Request, Resource], Awaitable[Response]]
+
+
+class AtIndex(Exception):
+    """A database error raised by one element of an array write."""
+
+    def __init__(self, index: int, error: psycopg.Error) -> None:
+        super().__init__(str(error))
+        self.index, self.error = index, error
+
+
+def _reply(status: int, data: Any, txid: str | None = None, **headers: str) -> Reply:
+    body = {"data": data} if txid is None else {"data": data, "txid": txid}
+    return Reply(status, dumps(body).encode(), headers)
+
+
+def _id(request: Request, res: Resource) -> UUID:
+    """The path's id; anything but a UUID names no row, hence 404."""
+    raw = request.path_params["id"]
+    try:
+        return UUID(raw)
+    except ValueError:
+        raise writes.missing(res, repr(raw)) from None
+
+
+def _versions(header: str | None) -> list[int] | None:
+    """The versions an If-Match accepts (None: any). Weak or foreign tags match nothing."""
+    if header is None or header.strip() == "*":
+        return None
+    out = []
+    for tag in header.split(","):
+        digits = tag.strip().removeprefix('"').removesuffix('"')
+        strong = tag.strip() == f'"{digits}"' and digits.isascii() and digits.isdigit()
+        if strong and int(digits) <= INT_MAX:  # larger is no version of ours
+            out.append(int(digits))
+    return out
+
+
+async def _write(request: Request, work: Work, *, body: bytes, deleting: bool = False) -> Response:
+    """Run `work` in one transaction: author and txid first, Idempotency-Key around it."""
+    state: Any = request.state
+    key = idempotency.key_of(request)
+    author = author_of(request, mutation_id=key)
+    scope = author.actor or ""
+    fp = idempotency.fingerprint(request.method, request.url.path, body)
+    for attempt in range(1, ATTEMPTS + 1):
+        async with state.pool.connection() as conn:
+            try:
+                async with conn.transaction():
+                    if key is not None:
+                        stored = await idempotency.claim(
+                            conn, scope, key, fp, state.settings.idempotency_ttl_s
+                        )
+                        if stored is not None:
+                            return stored.response(replayed=True)
+                    txid = await writes.begin(conn, author)
+                    reply = await work(conn, txid)
+                    if key is not None:
+                        await idempotency.remember(conn, scope, key, reply)
+                return reply.response()
+            except (psycopg.Error, AtIndex) as raised:
+                exc = raised.error if isinstance(raised, AtIndex) else raised
+                error = database_error(exc, deleting=deleting)
+                if error is None:
+                    raise
+                if isinstance(exc, RETRYABLE) and attempt < ATTEMPTS:
+                    continue  # nothing was written; the next attempt may pass
+                error = await name_check_columns(conn, exc, error)
+                if isinstance(raised, AtIndex):
+                    error = ApiError(error.status, f"element {raised.index}: {error.detail}",
+                                     index=raised.index, **error.members)  # fmt: skip
+                raise error from exc
+    raise AssertionError("unreachable")  # the last attempt returns or raises
+
+
+async def _read_one(request: Request, read: Callable[[Conn], Awaitable[T]]) -> T:
+    """Run one read-only statement (no transaction: one statement is one snapshot)."""
+    state: Any = request.state
+    try:
+        async with state.pool.connection() as conn:
+            return await read(conn)
+    except psycopg.Error as exc:
+        error = database_error(exc)
+        if error is None:
+            raise
+        raise error from exc
+
+
+async def _rows(conn: Conn, query: sql.Composed, params: dict[str, Any]) -> list[Any]:
+    cur = await conn.execute(query, params)
+    rows: list[Any] = await cur.fetchall()
+    return rows
+
+
+async def list_rows(request: Request, res: Resource) -> Response:
+    """`GET /api/<r>`: a page of rows, filtered, searched and ordered; `next` for more."""
+    state: Any = request.state
+    table = (await state.catalog.get([res.name])).get(res.name)
+    if table is None:
+        raise ApiError(503, f"{res.name} is not tracked; run `pgtide track {res.name}`")
+    listing = plan(res, table, request.query_params, branch_pin(request, res, writing=False))
+    query = listing.query(queries["list_rows"], sql.Identifier("public", res.name))
+    rows = await _read_one(request, lambda conn: _rows(conn, query, listing.params))
+    page = rows[: listing.limit]
+    next_url = None
+    if len(rows) > listing.limit:
+        params = [(k, v) for k, v in request.query_params.multi_items() if k != "after"]
+        params.append(("after", cursor(listing.order, tuple(page[-1][1:]))))
+        next_url = f"{request.url.path}?{urlencode(params)}"
+    headers = {"Link": f'<{next_url}>; rel="next"'} if next_url else {}
+    body = dumps({"data": [r[0] for r in page], "next": next_url})
+    return Response(body, 200, headers, media_type="application/json")
+
+
+async def get_row(request: Request, res: Resource) -> Response:
+    """`GET /api/<r>/<id>`: the row with its ETag; 304 when If-None-Match names it."""
+    id = _id(request, res)
+    pin = branch_pin(request, res, writing=False)
+    row = await _read_one(request, lambda conn: writes.fetch(conn, res, id, pin))
+    if row is None:
+        raise writes.missing(res, id)
+    tag = writes.etag(row)
+    none_match = request.headers.get("if-none-match")
+    if none_match is not None:
+        accepted = _versions(none_match)
+        if accepted is None or row["version"] in accepted:
+            return Response(status_code=304, headers={"ETag": tag})
+    return _reply(200, row, ETag=tag).response()
+
+
+async def create(request: Request, res: Resource) -> Response:
+    """`POST /api/<r>`: one object, or an array written in one transaction (all or nothing)."""
+    pin = branch_pin(request, res, writing=True)
+    raw = await read_body(request)
+    if is_array(raw):
+        bodies = parse_array(res.create, raw)
+        for body in bodies:
+            confine(res.columns_of(body), pin)
+
+        async def create_many(conn: psycopg.AsyncConnection[Any], txid: str) -> Reply:
+            rows = []
+            for index, body in enumerate(bodies):
+                try:
+                    rows.append(await writes.insert(conn, res, res.columns_of(body)))
+                except psycopg.Error as exc:
+                    raise AtIndex(index, exc) from exc
+            return _reply(201, rows, txid)
+
+        return await _write(request, create_many, body=raw)
+    body = parse(res.create, raw)
+    confine(res.columns_of(body), pin)
+
+    async def create_one(conn: psycopg.AsyncConnection[Any], txid: str) -> Reply:
+        row = await writes.insert(conn, res, res.columns_of(body))
+        location = f"/api/{res.name}/{row['id']}"
+        return _reply(201, row, txid, ETag=writes.etag(row), Location=location)
+
+    return await _write(request, create_one, body=raw)
+
+
+async def _update(request: Request, res: Resource, *, replace: bool) -> Response:
+    id = _id(request, res)
+    pin = branch_pin(request, res, writing=True)
+    raw = await read_body(request)
+    body = parse(res.create if replace else res.patch, raw)
+    values = res.columns_of(body)
+    confine(values, pin)
+    if values.pop("id", None) not in (None, id):
+        errors = [{"field": "id", "message": "must be the id in the path (or left out)"}]
+        raise ApiError(422, "invalid id: must be the id in the path (or left out)", errors=errors)
+    versions = _versions(request.headers.get("if-match"))
+
+    async def update(conn: psycopg.AsyncConnection[Any], txid: str) -> Reply:
+        row = await writes.update(conn, res, id, values, versions, pin, replace=replace)
+        if row is None:
+            raise await writes.refusal(conn, res, id, pin)
+        return _reply(200, row, txid, ETag=writes.etag(row))
+
+    return await _write(request, update, body=raw)
+
+
+async def replace_row(request: Request, res: Resource) -> Response:
+    """`PUT /api/<r>/<id>`: every writable field; those left out take their defaults."""
+    return await _update(request, res, replace=True)
+
+
+async def patch_row(request: Request, res: Resource) -> Response:
+    """`PATCH /api/<r>/<id>`: the fields given, the others as they are."""
+    return await _update(request, res, replace=False)
+
+
+async def delete_row(request: Request, res: Resource) -> Response:
+    """`DELETE /api/<r>/<id>`: answers with the deleted row and the txid (so not 204)."""
+    id = _id(request, res)
+    pin = branch_pin(request, res, writing=True)
+    versions = _versions(request.headers.get("if-match"))
+
+    async def delete(conn: psycopg.AsyncConnection[Any], txid: str) -> Reply:
+        row = await writes.delete(conn, res, id, versions, pin)
+        if row is None:
+            raise await writes.refusal(conn, res, id, pin)
+        return _reply(200, row, txid)
+
+    return await _write(request, delete, body=b"", deleting=True)
+
+
+def _endpoint(
+    res: Resource, handlers: Mapping[str, Handler]
+) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method  # Starlette adds HEAD
+        return await guarded(lambda: handlers[method](request, res))
+
+    return endpoint
+
+
+def resource_routes() -> list[Route]:
+    """The routes of every resource, of `POST /api/sync/push` and of `/openapi.json`."""
+    routes: list[Route] = [
+        Route("/api/sync/push", push, methods=["POST"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    for res in RESOURCES.values():
+        collection = {"GET": list_rows, "POST": create}
+        item = {"GET": get_row, "PUT": replace_row, "PATCH": patch_row, "DELETE": delete_row}
+        routes.append(Route(f"/api/{res.name}", _endpoint(res, collection), methods=[*collection]))
+        routes.append(Route(f"/api/{res.name}/{{id}}", _endpoint(res, item), methods=[*item]))
+    return routes
