@@ -40,14 +40,6 @@ T = TypeVar("T")
 Handler = Callable[[Request, Resource], Awaitable[Response]]
 
 
-class AtIndex(Exception):
-    """A database error raised by one element of an array write."""
-
-    def __init__(self, index: int, error: psycopg.Error) -> None:
-        super().__init__(str(error))
-        self.index, self.error = index, error
-
-
 def _reply(status: int, data: Any, txid: str | None = None, **headers: str) -> Reply:
     body = {"data": data} if txid is None else {"data": data, "txid": txid}
     return Reply(status, dumps(body).encode(), headers)
@@ -97,15 +89,15 @@ async def _write(request: Request, work: Work, *, body: bytes, deleting: bool = 
                     if key is not None:
                         await idempotency.remember(conn, scope, key, reply)
                 return reply.response()
-            except (psycopg.Error, AtIndex) as raised:
-                exc = raised.error if isinstance(raised, AtIndex) else raised
+            except (psycopg.Error, writes.RowFailed) as raised:
+                exc = raised.error if isinstance(raised, writes.RowFailed) else raised
                 error = database_error(exc, deleting=deleting)
                 if error is None:
                     raise
                 if isinstance(exc, RETRYABLE) and attempt < ATTEMPTS:
                     continue  # nothing was written; the next attempt may pass
                 error = await name_check_columns(conn, exc, error)
-                if isinstance(raised, AtIndex):
+                if isinstance(raised, writes.RowFailed):
                     error = ApiError(error.status, f"element {raised.index}: {error.detail}",
                                      index=raised.index, **error.members)  # fmt: skip
                 raise error from exc
@@ -177,12 +169,7 @@ async def create(request: Request, res: Resource) -> Response:
             confine(res.columns_of(body), pin)
 
         async def create_many(conn: psycopg.AsyncConnection[Any], txid: str) -> Reply:
-            rows = []
-            for index, body in enumerate(bodies):
-                try:
-                    rows.append(await writes.insert(conn, res, res.columns_of(body)))
-                except psycopg.Error as exc:
-                    raise AtIndex(index, exc) from exc
+            rows = await writes.insert_many(conn, res, [res.columns_of(b) for b in bodies])
             return _reply(201, rows, txid)
 
         return await _write(request, create_many, body=raw)

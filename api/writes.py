@@ -79,16 +79,63 @@ async def lock(
     return None if row is None else (dict(row[0]), row[1], row[2])
 
 
+def _insert(res: Resource, columns: tuple[str, ...]) -> sql.Composed:
+    return sql.SQL(queries["insert_row"]).format(
+        table=_table(res),
+        columns=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+        values=sql.SQL(", ").join(sql.Placeholder(f"c_{c}") for c in columns),
+    )
+
+
 async def insert(conn: psycopg.AsyncConnection[Any], res: Resource, values: Row) -> Row:
     """Insert one row (`values` by column; the table's defaults fill the rest)."""
-    query = sql.SQL(queries["insert_row"]).format(
-        table=_table(res),
-        columns=sql.SQL(", ").join(sql.Identifier(c) for c in values),
-        values=sql.SQL(", ").join(sql.Placeholder(f"c_{c}") for c in values),
-    )
-    row = await _one(conn, query, {f"c_{c}": v for c, v in values.items()})
+    row = await _one(conn, _insert(res, tuple(values)), {f"c_{c}": v for c, v in values.items()})
     assert row is not None  # INSERT ... RETURNING returns the row or raises
     return row
+
+
+class RowFailed(Exception):
+    """The database refused row `index` of a multi-row write."""
+
+    def __init__(self, index: int, error: psycopg.Error) -> None:
+        super().__init__(str(error))
+        self.index, self.error = index, error
+
+
+async def insert_many(
+    conn: psycopg.AsyncConnection[Any], res: Resource, rows: list[Row]
+) -> list[Row]:
+    """Insert rows in order, in the caller's transaction; RowFailed names a refused one.
+
+    The inserts are pipelined (one round trip, not one per row). A pipeline does
+    not tell which statement failed, so after a refusal the rows are inserted
+    again one by one to find it; only refused requests pay for that.
+    """
+    by_columns: dict[tuple[str, ...], sql.Composed] = {}
+    try:
+        async with conn.transaction():  # a savepoint, so the replay below can run
+            async with conn.pipeline():
+                cursors = []
+                for values in rows:
+                    query = by_columns.setdefault(tuple(values), _insert(res, tuple(values)))
+                    params = {f"c_{c}": v for c, v in values.items()}
+                    cursors.append(await conn.execute(query, params))
+            out = []
+            for cur in cursors:
+                row = await cur.fetchone()
+                assert row is not None
+                out.append(dict(row[0]))
+            return out
+    except (psycopg.IntegrityError, psycopg.DataError):
+        pass  # some row was refused: find which
+    async with conn.transaction():
+        out = []
+        for index, values in enumerate(rows):
+            try:
+                out.append(await insert(conn, res, values))
+            except psycopg.Error as exc:
+                raise RowFailed(index, exc) from exc
+        return out  # the refusal is gone (a concurrent write changed): the rows are in
 
 
 async def update(

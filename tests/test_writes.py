@@ -217,6 +217,17 @@ def test_an_array_with_one_bad_element_writes_nothing_and_names_its_index(
     assert api.scalar("SELECT count(*) FROM products WHERE branch_id = %s", b) == 0
 
 
+def test_a_value_only_the_database_refuses_is_422_with_its_index(api: Api) -> None:
+    b = api.branch()["id"]
+    nul = {"branch_id": b, "name": "D", "agreement": {"note": "a\u0000b"}}  # jsonb refuses NUL
+    before = api.checksum()
+    r = api.post("/api/distributors", nul)
+    assert r.status_code == 422 and "invalid value" in problem_of(r)["detail"]
+    r = api.post("/api/distributors", [{"branch_id": b, "name": "OK"}, nul])
+    assert r.status_code == 422 and problem_of(r)["index"] == 1
+    assert api.checksum() == before
+
+
 def test_an_empty_array_is_refused(api: Api) -> None:
     assert api.post("/api/branches", []).status_code == 422
 
