@@ -77,6 +77,8 @@ def plan(res: Resource, table: TableInfo, params: QueryParams, branch: UUID | No
         if value is not None:
             values[f"f{n}"] = value
     search = params.get("search")
+    if search and not res.search_columns:
+        raise FilterError(f"{res.name} has no text columns to search")
     if search:
         values["search"] = "%" + _escape_like(_text(search, "search")) + "%"
         conds.append(sql.SQL("({})").format(sql.SQL(" OR ").join(

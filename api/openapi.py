@@ -28,10 +28,11 @@ def _ref(model: type[BaseModel] | str) -> dict[str, str]:
 
 
 def _problems(*statuses: int) -> dict[str, Any]:
+    """Problem responses: these, and those any /api route may give (auth, database)."""
     return {
         str(s): {"description": "problem+json",
                  "content": {"application/problem+json": {"schema": _ref("Problem")}}}
-        for s in statuses
+        for s in sorted({*statuses, 401, 403, 503})
     }  # fmt: skip
 
 
@@ -84,6 +85,7 @@ def _resource_paths(res: Resource) -> dict[str, Any]:
             "properties": {"data": {"type": "array", "items": row},
                            "next": {"type": ["string", "null"]}}}  # fmt: skip
     written = _json(_envelope(row, txid=True))
+    created = _json(_envelope({"oneOf": [row, {"type": "array", "items": row}]}, txid=True))
     body = {"required": True, "content": {"application/json": {"schema": _ref(res.create)}}}
     patch = {"required": True, "content": {"application/json": {"schema": _ref(res.patch)}}}
     create_body = {"required": True, "content": {"application/json": {"schema": {
@@ -93,26 +95,26 @@ def _resource_paths(res: Resource) -> dict[str, Any]:
     return {
         f"/api/{res.name}": {
             "get": {"tags": tag, "summary": f"List {res.name}", "parameters": listing + filters,
-                    "responses": {"200": _json(page), **_problems(400, 503)}},
+                    "responses": {"200": _json(page), **_problems(400)}},
             "post": {"tags": tag, "summary": f"Create {res.name} (an object or an array)",
                      "parameters": WRITE_HEADERS, "requestBody": create_body,
-                     "responses": {"201": written, **_problems(400, 409, 413, 415, 422, 503)}},
+                     "responses": {"201": created, **_problems(400, 409, 413, 415, 422)}},
         },
         f"/api/{res.name}/{{id}}": {
             "get": {"tags": tag, "summary": "Read one row", "parameters": [item_id],
                     "responses": {"200": _json(_envelope(row, txid=False)), "304": {
-                        "description": "not modified"}, **_problems(404, 503)}},
+                        "description": "not modified"}, **_problems(404)}},
             "put": {"tags": tag, "summary": "Replace a row (omitted fields take defaults)",
                     "parameters": [item_id, IF_MATCH, *WRITE_HEADERS], "requestBody": body,
                     "responses": {"200": written,
-                                  **_problems(400, 404, 409, 412, 413, 415, 422, 503)}},
+                                  **_problems(400, 404, 409, 412, 413, 415, 422)}},
             "patch": {"tags": tag, "summary": "Change some fields of a row",
                       "parameters": [item_id, IF_MATCH, *WRITE_HEADERS], "requestBody": patch,
                       "responses": {"200": written,
-                                    **_problems(400, 404, 409, 412, 413, 415, 422, 503)}},
+                                    **_problems(400, 404, 409, 412, 413, 415, 422)}},
             "delete": {"tags": tag, "summary": "Delete a row (answers with it)",
                        "parameters": [item_id, IF_MATCH, *WRITE_HEADERS],
-                       "responses": {"200": written, **_problems(400, 404, 409, 412, 503)}},
+                       "responses": {"200": written, **_problems(400, 404, 409, 412, 422)}},
         },
     }  # fmt: skip
 
@@ -150,7 +152,7 @@ def document() -> dict[str, Any]:
                             "content": {"application/json": {"schema": _ref(PushRequest)}}},
             "responses": {"200": _json({"type": "object", "properties": {"results": {
                 "type": "array", "items": {"type": "object"}}}}),
-                **_problems(400, 413, 415, 422, 503)}}},
+                **_problems(400, 413, 415, 422)}}},
     }  # fmt: skip
     for res in RESOURCES.values():
         paths.update(_resource_paths(res))

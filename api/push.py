@@ -186,8 +186,10 @@ async def _apply(
             if isinstance(exc, RETRYABLE) and attempt < ATTEMPTS:
                 continue
             error = database_error(exc, deleting=p.op == "delete")
-            if error is None or error.status == 503:
-                raise  # the server's failure, not the mutation's: the push fails (503 or 500)
+            if error is None:
+                raise
+            if error.status == 503:  # the database's failure, not the mutation's: stop here
+                raise error from exc  # resending is safe: applied ones come back duplicate
             error = await name_check_columns(conn, exc, error)
             return {"status": "rejected", "detail": error.detail,
                     "errors": error.members.get("errors", [])}  # fmt: skip

@@ -164,20 +164,19 @@ async def create(request: Request, res: Resource) -> Response:
     pin = branch_pin(request, res, writing=True)
     raw = await read_body(request)
     if is_array(raw):
-        bodies = parse_array(res.create, raw)
-        for body in bodies:
-            confine(res.columns_of(body), pin)
+        many = [res.columns_of(body) for body in parse_array(res.create, raw)]
+        for values in many:
+            confine(values, pin)
 
         async def create_many(conn: psycopg.AsyncConnection[Any], txid: str) -> Reply:
-            rows = await writes.insert_many(conn, res, [res.columns_of(b) for b in bodies])
-            return _reply(201, rows, txid)
+            return _reply(201, await writes.insert_many(conn, res, many), txid)
 
         return await _write(request, create_many, body=raw)
-    body = parse(res.create, raw)
-    confine(res.columns_of(body), pin)
+    one = res.columns_of(parse(res.create, raw))
+    confine(one, pin)
 
     async def create_one(conn: psycopg.AsyncConnection[Any], txid: str) -> Reply:
-        row = await writes.insert(conn, res, res.columns_of(body))
+        row = await writes.insert(conn, res, one)
         location = f"/api/{res.name}/{row['id']}"
         return _reply(201, row, txid, ETag=writes.etag(row), Location=location)
 

@@ -614,6 +614,17 @@ def test_openapi_describes_every_resource_route(api: Api) -> None:
     assert schemas["Product"]["additionalProperties"] is False
     assert "price" in schemas["Product"]["required"]
 
+    def refs(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from ([v] if k == "$ref" else refs(v))
+        elif isinstance(node, list):
+            for v in node:
+                yield from refs(v)
+
+    found = set(refs(doc))
+    assert found and {r.rsplit("/", 1)[1] for r in found} <= set(schemas)
+
 
 # --- tokens: the actor, and branch pins
 
