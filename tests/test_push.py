@@ -70,6 +70,24 @@ def test_mutations_apply_in_order_and_a_resend_reports_duplicates(api: Api) -> N
     assert [txid for *_, txid in log] == [r["txid"] for r in first]
 
 
+def test_a_push_resent_in_pieces_to_another_server_process_applies_each_mutation_once(
+    api: Api, live: tuple[Server, str]
+) -> None:
+    b = api.branch()["id"]
+    queue = [mutation("insert", "clients", new_id(), {"branch_id": b, "full_name": f"C{i}"})
+             for i in range(6)]  # fmt: skip
+    assert statuses(push(api, queue[:2])) == ["applied"] * 2
+    other = Server(live[1]).start()  # a fresh process: what it knows comes from the database
+    try:
+        r = httpx.post(f"{other.base}/api/sync/push", json={"mutations": queue[:4]}, timeout=30)
+        assert statuses(r.json()["results"]) == ["duplicate"] * 2 + ["applied"] * 2
+    finally:
+        other.stop()
+    assert statuses(push(api, queue)) == ["duplicate"] * 4 + ["applied"] * 2
+    assert statuses(push(api, queue)) == ["duplicate"] * 6
+    assert api.scalar("SELECT count(*) FROM clients WHERE branch_id = %s", b) == 6
+
+
 def test_the_same_push_sent_twice_at_once_applies_each_mutation_exactly_once(api: Api) -> None:
     b = api.branch()["id"]
     pid = new_id()
