@@ -82,7 +82,9 @@ class Subscriber:
     def push(self, chunk: Chunk) -> None:
         if self.overflowed or self.closed:
             return
-        if self.pending + len(chunk.data) > self.max_pending:
+        # An empty queue takes any chunk: one batch larger than the bound (a big
+        # transaction, a backlog) must not cut off a subscriber that keeps up.
+        if self.pending and self.pending + len(chunk.data) > self.max_pending:
             # Too far behind: drop the backlog and tell the stream to close.
             self.overflowed = True
             self.queue.clear()

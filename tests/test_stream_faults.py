@@ -136,6 +136,14 @@ class Sub:
         self.stream.close()
 
 
+def metric(srv: Server, name: str) -> float:
+    """One of the server's own figures, from GET /metrics."""
+    text = httpx.get(f"{srv.base}/metrics", timeout=5).text
+    found = re.search(rf"^{name}(?:_total)? (\S+)$", text, re.M)
+    assert found, f"/metrics has no {name}"
+    return float(found.group(1))
+
+
 def publish_marker(conn: psycopg.Connection[Any], n: int) -> None:
     conn.execute("SELECT pgtide.publish(%s, %s)", (FIN, Jsonb({"n": n})))
 
@@ -392,6 +400,7 @@ def test_listener_and_sequencer_connections_killed_over_and_over(
         writers.stop()
     assert writers.failures == 0  # only pgtide's connections were cut
     assert killed["pgtide-listener"] >= 4 and killed["pgtide-sequencer"] >= 4, killed
+    assert metric(srv, "pgtide_listener_reconnects") >= killed["pgtide-listener"]
 
     srv.wait_ready()
     publish_marker(sql, 1)
@@ -576,8 +585,12 @@ def test_a_subscriber_that_stops_reading_is_closed_and_memory_stays_flat(
         head += data
     assert head.startswith(b"HTTP/1.1 200")
 
-    def write(i: int) -> None:
-        sql.execute("INSERT INTO blobs VALUES (%s, repeat(md5(%s::text), %s))", (i, i, BLOB // 32))
+    def write(*ids: int) -> None:
+        with sql.transaction():
+            for i in ids:
+                sql.execute(
+                    "INSERT INTO blobs VALUES (%s, repeat(md5(%s::text), %s))", (i, i, BLOB // 32)
+                )
 
     received: list[int] = []
 
@@ -588,15 +601,33 @@ def test_a_subscriber_that_stops_reading_is_closed_and_memory_stays_flat(
             assert len(e["row"]["body"]) == BLOB
             received.append(e["row"]["id"])
 
-    # Warm up (first allocations, imports), then measure from there.
-    for i in range(1, 11):
+    tail = bytearray()
+    read_at: list[int] = []  # rows written when the slow socket was read again
+
+    def drain_slow() -> None:
+        """Start reading the slow socket: a bounded rest, then EOF."""
+        read_at.append(len(received))
+        while data := slow.recv(1024 * 1024):
+            tail.extend(data)
+            # A queue and a batch being written when it overflowed, plus the kernel's buffers.
+            assert len(tail) < 2 * QUEUE_BOUND + big * BLOB + 8 * MiB, "the slow one is still fed"
+        slow.close()
+
+    # Warm up (first allocations), then measure from there. The first transaction is
+    # larger than the queue bound: one big batch must not cut off a subscriber that keeps up.
+    big = QUEUE_BOUND // BLOB + 8
+    # The server gives up on a send blocked for 30 s (api/stream.py): read the slow
+    # socket well before, even if the writing is not over.
+    read_slow_by = time.monotonic() + 20
+    write(*range(1, big + 1))
+    for i in range(big + 1, big + 11):
         write(i)
-    while len(received) < 10:
+    while len(received) < big + 10:
         receive_one()
     assert srv.proc is not None
     proc = psutil.Process(srv.proc.pid)
     base_rss = peak_rss = proc.memory_info().rss
-    for i in range(11, BLOBS + 1):
+    for i in range(big + 11, BLOBS + 1):
         write(i)
         # Flow control for the well-behaved subscriber only: it never lags by more
         # than WINDOW rows, far below its queue bound.
@@ -604,6 +635,9 @@ def test_a_subscriber_that_stops_reading_is_closed_and_memory_stays_flat(
             receive_one()
         if i % 20 == 0:
             peak_rss = max(peak_rss, proc.memory_info().rss)
+            if slow.fileno() != -1 and time.monotonic() > read_slow_by:
+                assert metric(srv, "pgtide_subscriber_drops") == 1, "slow one not cut in time"
+                drain_slow()
     while len(received) < BLOBS:
         receive_one()
     peak_rss = max(peak_rss, proc.memory_info().rss)
@@ -614,22 +648,22 @@ def test_a_subscriber_that_stops_reading_is_closed_and_memory_stays_flat(
         f"server RSS grew from {base_rss / MiB:.0f} to {peak_rss / MiB:.0f} MiB"
     )
 
-    # The slow subscriber was cut off: what it can still read is bounded, then EOF.
-    tail = bytearray()
-    while data := slow.recv(1024 * 1024):
-        tail += data
-        # One queue's worth being written when it overflowed, plus the kernel's buffers.
-        assert len(tail) < 2 * QUEUE_BOUND + 8 * MiB, "the slow subscriber is still fed"
-    slow.close()
+    # The slow subscriber was cut off (and only it): what it can still read is bounded,
+    # then EOF, and the last thing it reads tells it to come back.
+    assert metric(srv, "pgtide_subscriber_drops") == 1
+    if slow.fileno() != -1:  # not read yet
+        drain_slow()
     assert re.search(rb"^retry: \d+\r?$", bytes(tail[-4096:]), re.M), tail[-300:]
     assert tail.endswith(b"0\r\n\r\n"), "the chunked response did not end"
     # The server is still healthy and the good subscriber still live.
     write(BLOBS + 1)
     receive_one()
     assert received[-1] == BLOBS + 1
+    assert metric(srv, "pgtide_subscribers") == 1 and metric(srv, "pgtide_subscriber_drops") == 1
     good.close()
     print(
         f"\nslow subscriber: {(len(head) + len(tail)) / MiB:.1f} MiB read of "
-        f"{written / MiB:.0f} MiB written; server RSS {base_rss / MiB:.0f} -> "
+        f"{written / MiB:.0f} MiB written (read again after {read_at[0] * BLOB / MiB:.0f}); "
+        f"server RSS {base_rss / MiB:.0f} -> "
         f"peak {peak_rss / MiB:.0f} MiB"
     )
