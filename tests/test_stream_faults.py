@@ -523,12 +523,12 @@ def test_two_servers_then_the_sequencing_one_is_killed(
         subs[survivor.port].count(len(subs[survivor.port].got) + 50)  # writes are flowing
         leader.kill()
         killed_at = time.monotonic()
+        assert wait_leader(sql, [survivor], timeout=10) is survivor
+        takeover = time.monotonic() - killed_at
         orphan = subs[leader.port]
         orphan.until_cut()
         assert orphan.stream.last_id is not None
         resumed = Sub(survivor.base, ALL, headers={"Last-Event-ID": orphan.stream.last_id})
-        assert wait_leader(sql, [survivor], timeout=10) is survivor
-        takeover = time.monotonic() - killed_at
         # Writes keep flowing to both subscribers under the new leader.
         for s in (subs[survivor.port], resumed):
             s.count(len(s.got) + 50)
