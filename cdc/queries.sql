@@ -23,12 +23,33 @@ SELECT pg_snapshot_xmax(snap.s)::text AS xmax,
 -- rows by id) and move the state in the same statement, hence the same commit; wake the
 -- followers once; return the batch as changes. A stale leader collides on sync_order's
 -- keys or matches no state row (then no row comes back), and commits nothing.
+-- The same statement seals the batch (docs/audit.md): one sync_seal row chaining the
+-- previous seal's hash with the digests of the rows sequenced since it (the batch, plus
+-- any a sequencer without sealing left), so the seal commits atomically with the batch.
 WITH ins AS (
     INSERT INTO sync_order (seq, log_id)
     SELECT %(last_seq)s::bigint + row_number() OVER (ORDER BY t.ord, l.id), l.id
       FROM unnest(%(txids)s::xid8[]) WITH ORDINALITY AS t(txid, ord)
       JOIN sync_log l ON l.txid = t.txid
     RETURNING seq, log_id
+), prev AS (
+    SELECT seal_no, last_seq, hash, sealed_at FROM sync_seal ORDER BY seal_no DESC LIMIT 1
+), unsealed AS (
+    SELECT o.seq, pgtide.log_digest_v1(o.seq, l) AS digest, l.at
+      FROM sync_order o JOIN sync_log l ON l.id = o.log_id
+     WHERE o.seq > (SELECT last_seq FROM prev)
+    UNION ALL
+    SELECT ins.seq, pgtide.log_digest_v1(ins.seq, l), l.at
+      FROM ins JOIN sync_log l ON l.id = ins.log_id
+), seal AS (
+    INSERT INTO sync_seal (seal_no, first_seq, last_seq, hash, prev_hash, digests,
+                           min_at, max_at, sealed_at)
+    SELECT p.seal_no + 1, min(u.seq), max(u.seq),
+           sha256(p.hash || string_agg(u.digest, ''::bytea ORDER BY u.seq)), p.hash,
+           string_agg(substr(u.digest, 1, 8), ''::bytea ORDER BY u.seq),
+           min(u.at), max(u.at), greatest(now(), max(u.at), p.sealed_at)
+      FROM unsealed u CROSS JOIN prev p
+     GROUP BY p.seal_no, p.hash, p.sealed_at
 ), upd AS (
     UPDATE sync_sequencer
        SET last_seq = %(last_seq)s::bigint + (SELECT count(*) FROM ins),
