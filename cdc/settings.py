@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cdc.timespec import parse_duration
+
+
+def _duration(value: Any) -> Any:
+    """`30d`-style durations for timedelta settings (empty: unset)."""
+    if isinstance(value, str):
+        return parse_duration(value) if value.strip() else None
+    return value
 
 
 class Settings(BaseSettings):
@@ -48,3 +59,8 @@ class Settings(BaseSettings):
     pinned_shared_tables: str = ""
     # How long a write's Idempotency-Key is remembered (a repeat replays its response).
     idempotency_ttl_s: float = 24 * 3600.0
+    # Retention inside `serve` (docs/audit.md): remove sequenced changes older than this
+    # (30d, 12h, ...) every `retention_interval_s`; unset, serve removes nothing.
+    retention_keep: Annotated[timedelta | None, BeforeValidator(_duration)] = None
+    retention_interval_s: float = 3600.0
+    retention_batch: int = Field(default=10_000, ge=1)
