@@ -20,12 +20,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from api.audit import audit_routes
 from api.auth import AuthMiddleware, TokenCache, TokenWatcher
 from api.metrics import Metrics, RequestMetrics, metrics_endpoint
 from api.problems import http_exception, problem, unhandled
 from api.resources import resource_routes
 from api.stream import stream_events
-from cdc import db
+from cdc import db, retention
 from cdc.catalog import Catalog
 from cdc.hub import Hub
 from cdc.listener import Listener
@@ -119,6 +120,11 @@ def create_app(
         watcher = asyncio.create_task(
             TokenWatcher(hub, pool, token_cache).run(), name="pgtide-tokens"
         )
+        side = [task, watcher]
+        if settings.retention_keep is not None:
+            side.append(asyncio.create_task(retention.run_periodically(
+                url, settings.retention_keep, settings.retention_interval_s,
+                settings.retention_batch), name="pgtide-retention"))  # fmt: skip
         try:
             yield {
                 "settings": settings,
@@ -131,7 +137,7 @@ def create_app(
         finally:
             for sub in list(hub.subscribers):
                 hub.unsubscribe(sub)  # ends open streams so shutdown does not wait on them
-            for t in (task, watcher):
+            for t in side:
                 t.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
@@ -143,6 +149,8 @@ def create_app(
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/events", stream_events, methods=["GET"]),
+        # Before the generic /api/{resource}/... routes, so /history is matched here.
+        *audit_routes(),
         *resource_routes(),
     ]
     templates = {r.endpoint: r.path for r in routes}

@@ -18,7 +18,9 @@ import logging
 import os
 import re
 import signal
-from collections.abc import Coroutine
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -444,6 +446,174 @@ def token_revoke(name: str) -> None:
         if not tokens.revoke(conn, name):
             raise click.ClickException(f"no active token named {name!r}")
     click.echo(f"revoked {name}")
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--table", help="Table name, or comma-separated names.")
+@click.option("--op", help="Comma-separated: insert, update, delete, truncate, message.")
+@click.option("--pk", help="A row's key: the bare id (one-column keys) or JSON; needs --table.")
+@click.option("--actor", help="Who made the change (pgtide.actor).")
+@click.option("--origin", help="Where it came from (pgtide.origin).")
+@click.option("--txid", help="The writing transaction's id.")
+@click.option("--since", help="From this time on: a duration ago (2h, 30m, 7d) or ISO 8601.")
+@click.option("--until", help="Before this time: a duration ago or ISO 8601.")
+@click.option("--after", help="Cursor: continue after this seq (before it with --order desc).")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True,
+              help="Changes per page.")  # fmt: skip
+@click.option("--order", type=click.Choice(["asc", "desc"]), default="desc", show_default=True,
+              help="Seq order; desc shows the newest first.")  # fmt: skip
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]), default="table",
+              show_default=True, help="Output format.")  # fmt: skip
+@click.option("--all", "every_page", is_flag=True, help="Print every page, not only the first.")
+@click.pass_context
+def audit(
+    ctx: click.Context, table: str | None, op: str | None, pk: str | None, actor: str | None,
+    origin: str | None, txid: str | None, since: str | None, until: str | None,
+    after: str | None, limit: int, order: str, fmt: str, every_page: bool,
+) -> None:  # fmt: skip
+    """List logged changes with the filters of GET /api/sync-log (newest first).
+
+    Subcommands: `history TABLE ID` tells one row's story, `verify` checks the
+    seal chain. JSON lines and CSV carry the fields of the API (docs/audit.md).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from cdc.audit import list_changes, parse_query
+
+    query = parse_query(_audit_params(
+        table=table, op=op, pk=pk, actor=actor, origin=origin, txid=txid,
+        since=since, until=until, after=after, limit=limit, order=order,
+    ))  # fmt: skip
+    emit = _audit_printer(fmt)
+    shown = 0
+    with db.connect(_database_url(_settings())) as conn:
+        while True:
+            page = list_changes(conn, query)
+            shown += len(page.changes)
+            emit(page.changes)
+            if page.next is None or not every_page:
+                break
+            query = replace(query, after=page.next)
+    if shown == 0 and fmt == "table":
+        err.print("no change matches")
+    if page.next is not None:
+        err.print(f"more: add --after {page.next} (or --all)")
+
+
+def _audit_params(**options: Any) -> list[tuple[str, str]]:
+    """`pgtide audit`'s options as GET /api/sync-log parameters (durations made instants)."""
+    from datetime import UTC, datetime
+
+    from cdc.timespec import parse_since
+
+    now = datetime.now(UTC)
+    params: list[tuple[str, str]] = []
+    for option, value in options.items():
+        if value is None:
+            continue
+        if option in ("since", "until"):
+            try:
+                value = parse_since(value, now).isoformat()
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint=f"--{option}") from None
+        params.append(({"since": "from", "until": "to"}.get(option, option), str(value)))
+    return params
+
+
+def _audit_printer(fmt: str) -> Callable[[list[Any]], None]:
+    """Prints one page of changes in `fmt` (the CSV header once, before the first page)."""
+    from api import auditview
+
+    if fmt == "jsonl":
+
+        def jsonl(changes: list[Any]) -> None:
+            for line in auditview.jsonl_lines(changes):
+                click.echo(line)
+
+        return jsonl
+    if fmt == "csv":
+        writer = auditview.csv_writer(sys.stdout)
+
+        def csv(changes: list[Any]) -> None:
+            writer.writerows(auditview.csv_row(c) for c in changes)
+
+        return csv
+
+    def table(changes: list[Any]) -> None:
+        if changes:
+            out.print(auditview.table(changes))
+
+    return table
+
+
+@audit.command("history")
+@click.argument("table_name", metavar="TABLE")
+@click.argument("row_id", metavar="ID")
+@click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text",
+              show_default=True, help="A diff, or one JSON object per change.")  # fmt: skip
+def audit_history(table_name: str, row_id: str, fmt: str) -> None:
+    """One row's changes in order, as a diff (ID: the bare id, or the key as JSON)."""
+    from api import auditview
+    from cdc.audit import history, history_record, key_of, row_key
+    from cdc.events import dumps
+
+    with db.connect(_database_url(_settings())) as conn:
+        pk = row_key(key_of(conn, table_name), table_name, row_id)
+        entries = history(conn, table_name, pk)
+    if not entries:
+        raise click.ClickException(f"{table_name} row {row_id} has no recorded change")
+    if fmt == "jsonl":
+        for e in entries:
+            click.echo(dumps(history_record(e)))
+    else:
+        auditview.print_history(out, table_name, pk, entries)
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Recompute the seal chain: exit 0 if the log is intact, 1 naming what changed."""
+    from cdc.seal import verify
+
+    with db.connect(_database_url(_settings())) as conn:
+        report = verify(conn)
+    removed = (
+        f", retention removed seqs up to {report.removed_through}" if report.removed_through else ""
+    )
+    summary = (
+        f"{report.seals} seals, {report.rows} rows checked{removed}; "
+        f"head seal {report.head_seal} hash {report.head_hash.hex()}"
+    )
+    if report.intact:
+        click.echo(f"intact up to cursor {report.last_seq} ({summary})")
+        return
+    click.echo(f"TAMPERED: intact only up to cursor {report.intact_through} ({summary})")
+    for p in report.problems:
+        click.echo(f"  {p.kind}: {p.detail}")
+    raise SystemExit(1)
+
+
+@cli.command()
+@click.option("--keep", required=True, help="Keep this much: 30d, 12h, 2w (older is removed).")
+@click.option("--batch", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Changes removed per transaction.")  # fmt: skip
+def retention(keep: str, batch: int) -> None:
+    """Remove sequenced changes older than --keep, oldest first, in short batches."""
+    from cdc.retention import run_retention
+    from cdc.timespec import parse_duration
+
+    try:
+        keep_for = parse_duration(keep)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--keep") from None
+    with db.connect(_database_url(_settings())) as conn:
+        report = run_retention(conn, keep_for, batch=batch)
+    if report.skipped:
+        raise click.ClickException("another retention run holds the lock; try again later")
+    if report.removed_rows == 0:
+        click.echo(f"nothing to remove: no sealed change is older than {report.cutoff}")
+    else:
+        click.echo(f"removed {report.removed_rows} change(s) through seq "
+                   f"{report.removed_through} (older than {report.cutoff})")  # fmt: skip
 
 
 def main() -> None:
