@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any, TypedDict
 
@@ -22,10 +23,12 @@ from starlette.routing import Route
 
 from api.audit import audit_routes
 from api.auth import AuthMiddleware, TokenCache, TokenWatcher
+from api.logs import RequestLog, setup_logging
 from api.metrics import Metrics, RequestMetrics, metrics_endpoint
 from api.problems import http_exception, problem, unhandled
 from api.resources import resource_routes
 from api.stream import stream_events
+from api.web import web_routes
 from cdc import db, retention
 from cdc.catalog import Catalog
 from cdc.hub import Hub
@@ -87,6 +90,7 @@ async def _supervise(listener: Listener) -> None:
 
 def app_from_env() -> Starlette:
     """The app from the environment's settings (uvicorn's factory for `--workers`)."""
+    setup_logging(os.environ.get("PGTIDE_LOG_LEVEL", "info"))  # a worker process starts bare
     return create_app(Settings())
 
 
@@ -152,6 +156,7 @@ def create_app(
         # Before the generic /api/{resource}/... routes, so /history is matched here.
         *audit_routes(),
         *resource_routes(),
+        *web_routes(),
     ]
     templates = {r.endpoint: r.path for r in routes}
     return Starlette(
@@ -159,6 +164,7 @@ def create_app(
         lifespan=lifespan,
         exception_handlers=handlers,
         middleware=[
+            Middleware(RequestLog, routes=templates),
             Middleware(RequestMetrics, routes=templates),
             Middleware(AuthMiddleware, enabled=not settings.insecure_no_auth, cache=token_cache),
         ],

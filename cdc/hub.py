@@ -186,7 +186,11 @@ class Hub:
                 if sub.overflowed:
                     self.dropped += 1
                     self.subscribers.discard(sub)
-                    log.warning("hub: subscriber %d bytes behind, closing it", sub.max_pending)
+                    log.warning(
+                        "hub: subscriber %d bytes behind, closing it", sub.max_pending,
+                        extra={"component": "hub", "state": "subscriber_dropped",
+                               "seq": fresh[-1].seq, "limit_bytes": sub.max_pending},
+                    )  # fmt: skip
                 else:
                     self.delivered += len(chunk.seqs)
         self.last_seq = fresh[-1].seq

@@ -92,7 +92,12 @@ class Listener:
                 self.connected.clear()
                 self.reconnects += 1
                 delay = self.backoff.next()
-                log.warning("listener: %s; reconnecting in %.1fs", db.first_line(exc), delay)
+                log.warning(
+                    "listener: %s; reconnecting in %.1fs", db.first_line(exc), delay,
+                    extra={"component": "listener", "state": "reconnecting",
+                           "seq": self.hub.last_seq, "error": db.first_line(exc),
+                           "retry_in_s": round(delay, 3)},
+                )  # fmt: skip
                 await asyncio.sleep(delay)
             finally:
                 self.connected.clear()
@@ -107,7 +112,10 @@ class Listener:
             await self._catch_up(conn)
             self.connected.set()
             self.backoff.reset()
-            log.info("listener: following from seq %s", self.hub.last_seq)
+            log.info(
+                "listener: following from seq %s", self.hub.last_seq,
+                extra={"component": "listener", "state": "following", "seq": self.hub.last_seq},
+            )  # fmt: skip
             while True:
                 woken = await self._wait(conn, self.settings.safety_poll_s)
                 if woken is None or woken > (self.hub.last_seq or 0):

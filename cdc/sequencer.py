@@ -139,7 +139,11 @@ class Sequencer:
     @mode.setter
     def mode(self, value: Mode) -> None:
         if value is not self._mode:
-            log.debug("sequencer: %s -> %s", self._mode.value, value.value)
+            log.debug(
+                "sequencer: %s -> %s", self._mode.value, value.value,
+                extra={"component": "sequencer", "state": value.value,
+                       "previous": self._mode.value, "seq": self.last_seq},
+            )  # fmt: skip
         self._mode = value
         if value is Mode.ASLEEP:
             self.asleep.set()
@@ -160,14 +164,22 @@ class Sequencer:
                 self._step_down()
                 self.stats.reconnects += 1
                 delay = self.backoff.next()
-                log.warning("sequencer: %s; reconnecting in %.1fs", db.first_line(exc), delay)
+                log.warning(
+                    "sequencer: %s; reconnecting in %.1fs", db.first_line(exc), delay,
+                    extra={"component": "sequencer", "state": "reconnecting",
+                           "seq": self.last_seq, "error": db.first_line(exc),
+                           "retry_in_s": round(delay, 3)},
+                )  # fmt: skip
                 await asyncio.sleep(delay)
             finally:
                 self._step_down()
 
     def _step_down(self) -> None:
         if self.mode is not Mode.STANDBY:
-            log.info("sequencer: no longer leader")
+            log.info(
+                "sequencer: no longer leader",
+                extra={"component": "sequencer", "state": "standby", "seq": self.last_seq},
+            )
         self.mode = Mode.STANDBY
         self.leading.clear()
 
@@ -179,7 +191,11 @@ class Sequencer:
                 await asyncio.sleep(self.lead_retry_s)
             await conn.execute(queries["listen_doorbell"])
             await self._load_state(conn)
-            log.info("sequencer: leader from seq %d", self.last_seq)
+            log.info(
+                "sequencer: leader from seq %d", self.last_seq,
+                extra={"component": "sequencer", "state": "leader", "seq": self.last_seq,
+                       "next_xid": self.next_xid, "open_xids": len(self.open_xids)},
+            )  # fmt: skip
             self.backoff.reset()
             self.leading.set()
             await self._lead(conn)
