@@ -18,7 +18,7 @@ import random
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from cdc.errors import CursorError, FilterError
 from cdc.events import dumps
 from cdc.sequencer import Sequencer
 from cdc.settings import Settings
+from cdc.timespec import parse_duration, parse_since
 from tests.conftest import drop_database, with_dbname
 from tests.live import Server, problem_of
 from tests.test_sequencer import running, wait_sequenced
@@ -617,3 +618,30 @@ def test_the_documented_api_role_cannot_update_or_delete_the_log(db_url: str) ->
         with pytest.raises(errors.InsufficientPrivilege, match="append-only"):
             conn.execute("DELETE FROM sync_log")  # the guard still wants the switch
         conn.execute("RESET ROLE")
+
+
+# --- pure parts --------------------------------------------------------------------
+
+
+def test_durations_and_instants() -> None:
+    now = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    assert parse_duration("90s") == timedelta(seconds=90)
+    assert parse_duration("1d12h") == timedelta(hours=36)
+    assert parse_duration(" 2W ") == timedelta(weeks=2)
+    for bad in ("", "3", "h", "1.5h", "-2h", "2 h", "2y"):
+        with pytest.raises(ValueError, match="not a duration"):
+            parse_duration(bad)
+    assert parse_since("2h", now) == datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
+    assert parse_since("2026-04-30T08:00:00", now) == datetime(2026, 4, 30, 8, tzinfo=UTC)
+    assert parse_since("2026-04-30T08:00:00+02:00", now).utcoffset() == timedelta(hours=2)
+    with pytest.raises(ValueError, match="neither a duration"):
+        parse_since("soon", now)
+
+
+def test_a_query_survives_its_next_link() -> None:
+    q = parse_query(
+        [("table", "ints"), ("op", "update,delete"), ("pk", "7"), ("actor", "a b"),
+         ("origin", "o&x"), ("txid", "123"), ("from", "2026-01-01T00:00:00Z"),
+         ("to", "2026-01-02T00:00:00+01:00"), ("after", "5"), ("limit", "3"), ("order", "desc")]
+    )  # fmt: skip
+    assert parse_query(q.to_params().items()) == q
