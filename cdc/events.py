@@ -22,9 +22,13 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
+# One encoder for every event: json.dumps with options builds a new JSONEncoder per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_default)
+
+
 def dumps(obj: Any) -> str:
     """Compact JSON, datetimes in ISO 8601."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=_default)
+    return _ENCODER.encode(obj)
 
 
 def change_payload(c: Change) -> dict[str, Any]:
@@ -34,7 +38,7 @@ def change_payload(c: Change) -> dict[str, Any]:
         "seq": c.seq,
         "txid": c.txid,
         "id": c.id,
-        "at": c.at,
+        "at": c.at.isoformat(),  # what _default would do, without a Python callback
         "schema": c.schema_name,
         "table": c.table_name,
         "op": c.op,

@@ -159,7 +159,8 @@ class Hub:
             return
         if fresh[0].seq != self.last_seq + 1:
             raise RuntimeError(f"gap in the feed: {self.last_seq} then {fresh[0].seq}")
-        encoded = [(c, encode_change(c)) for c in fresh]
+        # Nobody listening (e.g. the leader's process while no stream is open): no encoding.
+        encoded = [(c, encode_change(c)) for c in fresh] if self.subscribers else []
         flt: StreamFilter
         chunks: dict[tuple[Any, ...], Chunk | None] = {}
         for sub in list(self.subscribers):
