@@ -28,7 +28,6 @@ from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
 
 STATIC_DIR = Path(__file__).with_name("static")
-PAGES = {"/": "index.html", "/branch": "branch.html"}
 SERVICE_WORKER = "sw.js"
 
 CSP = "; ".join(
@@ -66,9 +65,14 @@ async def _serve(name: str, request: Request) -> Response:
     return response
 
 
-async def page(request: Request) -> Response:
-    """`GET /` (the dashboard) and `GET /branch` (the branch app)."""
-    return await _serve(PAGES[request.url.path], request)
+async def dashboard(request: Request) -> Response:
+    """`GET /`: the dashboard."""
+    return await _serve("index.html", request)
+
+
+async def branch_app(request: Request) -> Response:
+    """`GET /branch`: the branch app."""
+    return await _serve("branch.html", request)
 
 
 async def static_file(request: Request) -> Response:
@@ -84,7 +88,7 @@ async def static_file(request: Request) -> Response:
 def web_routes() -> list[Route]:
     """The page and static-file routes (plain Routes, so request metrics name them)."""
     return [
-        Route("/", page, methods=["GET", "HEAD"]),
-        Route("/branch", page, methods=["GET", "HEAD"]),
+        Route("/", dashboard, methods=["GET", "HEAD"]),
+        Route("/branch", branch_app, methods=["GET", "HEAD"]),
         Route("/static/{path:path}", static_file, methods=["GET", "HEAD"]),
     ]
