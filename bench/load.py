@@ -127,7 +127,7 @@ class RateWriters:
 
     def start(self) -> RateWriters:
         ctx = mp_context()
-        conns = self.conns or max(1, min(16, round(self.rate / self.procs / 125)))
+        conns = self.conns or max(1, min(10, round(self.rate / self.procs / 125)))
         stmts = [self.statement] if isinstance(self.statement, str) else list(self.statement)
         for k in range(self.procs):
             parent, child = ctx.Pipe()
