@@ -39,6 +39,7 @@ from cdc.settings import Settings
 from cdc.timespec import parse_duration, parse_since
 from tests.conftest import drop_database, with_dbname
 from tests.live import Server, problem_of
+from tests.test_auth import make_token
 from tests.test_sequencer import running, wait_sequenced
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -645,3 +646,31 @@ def test_a_query_survives_its_next_link() -> None:
          ("to", "2026-01-02T00:00:00+01:00"), ("after", "5"), ("limit", "3"), ("order", "desc")]
     )  # fmt: skip
     assert parse_query(q.to_params().items()) == q
+
+
+def test_audit_routes_need_the_audit_scope_and_an_unpinned_token(db_url: str) -> None:
+    with db.connect(db_url) as conn:
+        row = conn.execute(
+            "INSERT INTO branches (code, name) VALUES ('A', 'A') RETURNING id::text"
+        ).fetchone()
+    assert row is not None
+    branch = row[0]
+    tokens_by_name = {
+        "reader": make_token(db_url, "reader", "read"),
+        "auditor": make_token(db_url, "auditor", "audit"),
+        "pinned": make_token(db_url, "pinned", "audit", branch),
+    }
+    sequence_all(db_url)
+    srv = Server(db_url, auth=True).start()
+    try:
+        with httpx.Client(base_url=srv.base, timeout=10) as http:
+            for path in ("/api/sync-log", f"/api/branches/{branch}/history"):
+                assert http.get(path).status_code == 401
+                for name, status in (("reader", 403), ("pinned", 403), ("auditor", 200)):
+                    auth = {"Authorization": f"Bearer {tokens_by_name[name]}"}
+                    resp = http.get(path, headers=auth)
+                    assert resp.status_code == status, (path, name, resp.text)
+                    if status != 200:
+                        problem_of(resp)
+    finally:
+        srv.stop()
