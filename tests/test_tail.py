@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 import psycopg
@@ -61,16 +62,30 @@ def test_tail_rejects_a_bad_filter_in_one_line(db_url: str) -> None:
 def test_serve_with_two_workers_streams_the_same_events(db_url: str) -> None:
     srv = Server(db_url, args=("--workers", "2")).start()
     try:
-        streams = [Stream(srv.base, "/events?tables=branches") for _ in range(4)]
+        # /ready answered from one worker; the other may still be connecting (503), and
+        # an EventSource would retry: so do we, until each stream is open.
+        streams = [open_stream(srv.base, "/events?tables=branches") for _ in range(4)]
         for s in streams:
             s.until("synced")
         with psycopg.connect(db_url, autocommit=True) as conn:
             for i in range(20):
                 conn.execute("INSERT INTO branches (code, name) VALUES (%s, 'x')", (f"W{i}",))
-        got = [[(e["seq"], e["row"]["code"]) for e in s.changes(20)] for s in streams]
+        got = [[(e["seq"], e["row"]["code"]) for e in s.changes(20, timeout=60)] for s in streams]
         for s in streams:
             s.close()
     finally:
         srv.stop()
     assert all(g == got[0] for g in got)
     assert [c for _, c in got[0]] == [f"W{i}" for i in range(20)]
+
+
+def open_stream(base: str, path: str, timeout: float = 30) -> Stream:
+    """A stream that was answered 200, retrying 503s (a worker still connecting)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = Stream(base, path)
+        if s.status == 200:
+            return s
+        s.close()
+        assert s.status == 503 and time.monotonic() < deadline, s.status
+        time.sleep(0.1)  # what EventSource's retry does
