@@ -136,7 +136,7 @@ class Stream:
             self._opened.set()
             self.events.put(exc)
 
-    def next(self, timeout: float = 10) -> ServerSentEvent | None:
+    def next(self, timeout: float = 30) -> ServerSentEvent | None:
         """The next event (None: the stream ended)."""
         item = self.events.get(timeout=timeout)
         if isinstance(item, BaseException):
@@ -145,7 +145,7 @@ class Stream:
             self.last_id = item.id
         return item
 
-    def until(self, event: str, timeout: float = 10) -> list[dict[str, Any]]:
+    def until(self, event: str, timeout: float = 30) -> list[dict[str, Any]]:
         """Changes received before the named control event (which is consumed)."""
         out: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
@@ -157,7 +157,7 @@ class Stream:
             if ev.event == "message":
                 out.append(json.loads(ev.data))
 
-    def changes(self, n: int, timeout: float = 10) -> list[dict[str, Any]]:
+    def changes(self, n: int, timeout: float = 30) -> list[dict[str, Any]]:
         """The next `n` change events."""
         out: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
