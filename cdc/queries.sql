@@ -84,6 +84,18 @@ LISTEN pgtide_doorbell;
 -- The followers' channel: one NOTIFY per committed batch, payload its last seq.
 LISTEN pgtide_sequenced;
 
+-- name: local_xids
+-- Which of these cluster-wide xids belong to a session (or prepared transaction) of this
+-- database: pg_stat_activity shows 32-bit xids, so compare the low 32 bits.
+SELECT x::text
+  FROM unnest(%(xids)s::xid8[]) AS x
+ WHERE (x::text::numeric %% 4294967296)::bigint IN (
+        SELECT backend_xid::text::bigint FROM pg_stat_activity
+         WHERE datname = current_database() AND backend_xid IS NOT NULL
+        UNION ALL
+        SELECT transaction::text::bigint FROM pg_prepared_xacts
+         WHERE database = current_database());
+
 -- name: set_doorbell
 -- 1: the sequencer sleeps and writers ring; 0: it polls and they do not.
 SELECT setval('sync_doorbell', %(value)s::bigint, true);

@@ -243,8 +243,9 @@ class Sequencer:
                 await self._set_flag(conn, 1)
                 result = await self.discover(conn)
                 # Any snapshot taken after the flag went up serves: a writer that read 0
-                # already had its xid, so it is visible here or open in this xip.
-                waiting_for = set(result.xip)
+                # already had its xid, so it is visible here or open in this xip. Xids
+                # are cluster-wide: only this database's transactions can have read it.
+                waiting_for = await self._local(conn, result.xip)
                 if result.rows:
                     continue
             elif self.mode is Mode.DRAINING:
@@ -259,6 +260,18 @@ class Sequencer:
                 rang = await self._wait_ring(conn, s.safety_poll_s)
                 if not rang:
                     self.stats.safety_polls += 1
+
+    async def _local(self, conn: psycopg.AsyncConnection[Any], xids: list[int]) -> set[int]:
+        """The xids among `xids` that belong to this database's sessions (or its 2PC).
+
+        Another database's long transaction must not keep the sequencer awake. If the
+        role cannot see other sessions' xids, fewer are kept: going to sleep early then
+        only delays a change until the safety poll, never loses it.
+        """
+        if not xids:
+            return set()
+        cur = await conn.execute(queries["local_xids"], {"xids": [str(x) for x in xids]})
+        return {int(r[0]) for r in await cur.fetchall()}
 
     async def _wait_ring(self, conn: psycopg.AsyncConnection[Any], timeout: float) -> bool:
         """Wait for a doorbell ring (or one already received) up to `timeout` seconds."""

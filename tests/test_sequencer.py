@@ -194,3 +194,35 @@ def test_second_sequencer_takes_over_when_the_leader_dies(url: str) -> None:
             await task_b
 
     run(scenario)
+
+
+def test_only_this_databases_open_transactions_keep_the_sequencer_awake(
+    url: str, server_url: str
+) -> None:
+    async def scenario() -> None:
+        seq = Sequencer(url, Settings())
+        # Another database's transaction holds an xid for the whole test: xids are
+        # cluster-wide, so it sits in every snapshot's xip.
+        async with await db.aconnect(server_url, autocommit=False) as other, running(seq):
+            await other.execute("SELECT pg_current_xact_id()")
+            async with await db.aconnect(url) as w:
+                await w.execute("INSERT INTO t VALUES (1, 'a')")
+            await wait_sequenced(url, 1)
+            await asyncio.wait_for(seq.asleep.wait(), 10)  # not held awake by `other`
+
+            # This database's open writer does keep it from sleeping, then commits.
+            local = await db.aconnect(url, autocommit=False)
+            await local.execute("INSERT INTO t VALUES (2, 'b')")
+            async with await db.aconnect(url) as w:
+                await w.execute("INSERT INTO t VALUES (3, 'c')")
+            await wait_sequenced(url, 2)
+            with pytest.raises(TimeoutError):  # a bounded negative check
+                await asyncio.wait_for(seq.asleep.wait(), 1.5)
+            assert seq.mode is Mode.DRAINING
+            await local.commit()
+            await wait_sequenced(url, 3)
+            await local.close()
+            await asyncio.wait_for(seq.asleep.wait(), 10)
+            await other.rollback()
+
+    run(scenario)
