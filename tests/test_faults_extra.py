@@ -96,10 +96,10 @@ conn.execute("SELECT pgtide.publish('fin', '{\"n\": -999}')")
 print(conn.info.backend_pid, txid, flush=True)
 if mode == "statement":
     conn.execute("SET client_connection_check_interval = '100ms'")
-    conn.execute("INSERT INTO scratch (n) SELECT -999 FROM generate_series(1, 200) g, "
+    # Long enough to outlast a loaded machine's waits: it must still run when killed.
+    conn.execute("INSERT INTO scratch (n) SELECT -999 FROM generate_series(1, 6000) g, "
                  "LATERAL (SELECT pg_sleep(0.05)) s")
-else:
-    time.sleep(3600)  # idle in transaction until it is killed
+time.sleep(3600)  # still in the transaction until it is killed
 """
 
 
