@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
+import json
 import os
 import platform
 import shlex
@@ -64,7 +65,39 @@ def machine() -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def merge(
+    path: Path, meta: dict[str, Any], fresh: list[Result]
+) -> tuple[dict[str, Any], list[Result]]:
+    """`--only … --write`: replace those benchmarks in the last full run's results."""
+    old = json.loads(path.read_text(encoding="utf-8"))
+    by_key = {r.key: r for r in fresh}
+    merged = [by_key.pop(b["key"], None) or Result.from_json(b) for b in old["benchmarks"]]
+    merged += list(by_key.values())
+    base = dict(old["meta"])
+    reruns = list(base.get("reruns", []))
+    reruns.append({"benchmarks": [r.key for r in fresh], "date": meta["date"],
+                   "command": meta["command"], "mode": meta["mode"]})  # fmt: skip
+    base["reruns"] = reruns
+    return base, merged
+
+
+def _redacted(args: list[str]) -> list[str]:
+    """The command line without passwords in database URLs."""
+    from cdc.db import redact
+
+    out = []
+    for a in args:
+        key, _, value = a.partition("=")
+        if value.startswith("postgres"):
+            out.append(f"{key}=postgresql://{redact(value)}")
+        elif a.startswith("postgres"):
+            out.append(f"postgresql://{redact(a)}")
+        else:
+            out.append(a)
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short runs, one repetition (< 3 min)")
     ap.add_argument(
@@ -77,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, help="repetitions (default: 1 quick, 3 thorough)")
     ap.add_argument(
         "--profile", type=Path, metavar="DIR",
-        help="attach py-spy to every pgtide server and write flame graphs to DIR",
+        help="attach py-spy to every server; folded stacks in DIR (python -m bench.profile)",
     )  # fmt: skip
     ap.add_argument("--json", type=Path, default=REPO / "bench" / "results.json")
     ap.add_argument("--markdown", type=Path, default=REPO / "docs" / "benchmarks.md")
@@ -85,6 +118,47 @@ def main(argv: list[str] | None = None) -> int:
         "--write", action=argparse.BooleanOptionalAction, default=None,
         help="write the JSON and Markdown (default: yes, unless --only is given)",
     )  # fmt: skip
+    return ap
+
+
+def run_all(
+    target: Target, quick: bool, reps: int, logdir: Path, console: Console,
+    only: list[str] | None,
+) -> list[Result]:  # fmt: skip
+    results: list[Result] = []
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+        MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True,
+    ) as progress:  # fmt: skip
+        ctx = Ctx(target, quick, reps, logdir, progress, console)
+        for key, module, thorough_only in BENCHMARKS:
+            if only is not None and key not in only:
+                continue
+            mod = importlib.import_module(module)
+            if thorough_only and quick and only is None:
+                res = Result(key, getattr(mod, "TITLE", key), skipped="thorough mode only")
+                results.append(res)
+                continue
+            t0 = time.monotonic()
+            try:
+                res = mod.run(ctx)
+            except Exception as exc:  # one failed benchmark must not hide the others
+                console.print(traceback.format_exc())
+                res = Result(key, getattr(mod, "TITLE", key), skipped=f"failed: {exc}")
+            res.seconds = time.monotonic() - t0
+            results.append(res)
+            if res.skipped:
+                console.print(f"[yellow]{res.title}: {res.skipped}[/]")
+            else:
+                console.print(rich_table(res))
+                for note in res.notes:
+                    console.print(f"  • {note}")
+            console.print(f"[dim]{res.title}: {res.seconds:.0f} s[/]")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
 
     console = Console(width=None if sys.stdout.isatty() else 150)
@@ -111,37 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"machine: {machine()}")
     logdir = Path(tempfile.mkdtemp(prefix="pgtide-bench-logs-"))
     console.print(f"logs: {logdir}")
-    results: list[Result] = []
     try:
         target.prepare_template()
-        with Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-            MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True,
-        ) as progress:  # fmt: skip
-            ctx = Ctx(target, args.quick, reps, logdir, progress, console)
-            for key, module, thorough_only in BENCHMARKS:
-                if only is not None and key not in only:
-                    continue
-                mod = importlib.import_module(module)
-                if thorough_only and args.quick and only is None:
-                    res = Result(key, getattr(mod, "TITLE", key), skipped="thorough mode only")
-                    results.append(res)
-                    continue
-                t0 = time.monotonic()
-                try:
-                    res = mod.run(ctx)
-                except Exception as exc:  # one failed benchmark must not hide the others
-                    console.print(traceback.format_exc())
-                    res = Result(key, getattr(mod, "TITLE", key), skipped=f"failed: {exc}")
-                res.seconds = time.monotonic() - t0
-                results.append(res)
-                if res.skipped:
-                    console.print(f"[yellow]{res.title}: {res.skipped}[/]")
-                else:
-                    console.print(rich_table(res))
-                    for note in res.notes:
-                        console.print(f"  • {note}")
-                console.print(f"[dim]{res.title}: {res.seconds:.0f} s[/]")
+        results = run_all(target, args.quick, reps, logdir, console, only)
     finally:
         target.close()
     elapsed = time.monotonic() - started
@@ -153,8 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         "postgres_settings": target.settings,
         "target": target.kind,
         "machine": machine(),
-        "command": "python -m bench "
-        + shlex.join(a for a in (argv or sys.argv[1:]) if not a.startswith("postgres")),
+        "command": "python -m bench " + shlex.join(_redacted(argv or sys.argv[1:])),
         "seconds": round(elapsed, 1),
         "reps": reps,
     }
@@ -163,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     for title, metric in missed:
         console.print(f"  [red]MISS[/] {title}: {metric}")
     if write:
+        if only is not None and args.json.exists():
+            meta, results = merge(args.json, meta, results)
         write_json(args.json, meta, results)
         write_markdown(args.markdown, meta, results)
         console.print(f"wrote {args.json} and {args.markdown}")

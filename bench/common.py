@@ -452,6 +452,15 @@ class Result:
     skipped: str = ""
     seconds: float = 0.0
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Result:
+        fields_ = {f for f in Row.__dataclass_fields__}
+        rows = [Row(**{k: v for k, v in r.items() if k in fields_}) for r in d["rows"]]
+        return cls(
+            d["key"], d["title"], rows, list(d.get("notes", [])), d.get("setup", ""),
+            d.get("skipped", ""), float(d.get("seconds", 0.0)),
+        )  # fmt: skip
+
     def to_json(self) -> dict[str, Any]:
         return {
             "key": self.key,

@@ -83,6 +83,14 @@ def markdown(meta: dict[str, Any], results: list[Result]) -> str:
         "",
         f"Command: `{meta['command']}` · total {meta['seconds']:.0f} s",
         "",
+    ]
+    for rerun in meta.get("reruns", []):
+        lines += [
+            f"Re-run since: {', '.join(rerun['benchmarks'])} on {rerun['date']} "
+            f"(`{rerun['command']}`, {rerun['mode']} mode).",
+            "",
+        ]
+    lines += [
         "### Summary",
         "",
         "| benchmark | metric | ours | baseline | ratio | target | result |",
