@@ -106,7 +106,8 @@ def list_changes(conn: psycopg.Connection[Any], q: LogQuery) -> Page:
             return Page([], None)  # no seal that late: nothing at or after `from`
     if q.end is not None:
         ceiling = _scalar(conn.execute(audit_queries["seq_ceiling"], {"at": q.end}).fetchone())
-    with conn.cursor(row_factory=class_row(Change)) as cur:
+    with conn.transaction(), conn.cursor(row_factory=class_row(Change)) as cur:
+        cur.execute(audit_queries["serial_plans"])
         # Unprepared: planned with the values, so absent filters fold away (audit.sql).
         cur.execute(_list_sql(q), _list_params(q, pk, floor, ceiling), prepare=False)
         return _page(cur.fetchall(), q)
@@ -126,7 +127,8 @@ async def alist_changes(conn: psycopg.AsyncConnection[Any], q: LogQuery) -> Page
     if q.end is not None:
         cur = await conn.execute(audit_queries["seq_ceiling"], {"at": q.end})
         ceiling = _scalar(await cur.fetchone())
-    async with conn.cursor(row_factory=class_row(Change)) as ccur:
+    async with conn.transaction(), conn.cursor(row_factory=class_row(Change)) as ccur:
+        await ccur.execute(audit_queries["serial_plans"])
         await ccur.execute(_list_sql(q), _list_params(q, pk, floor, ceiling), prepare=False)
         return _page(await ccur.fetchall(), q)
 

@@ -22,6 +22,13 @@ SELECT o.seq, l.id, l.txid::text AS txid, l.at, l.schema_name, l.table_name, l.o
  ORDER BY o.seq {direction}
  LIMIT %(limit)s;
 
+-- name: serial_plans
+-- For the listing's transaction: no parallel workers. A page is at most 1,001 rows;
+-- starting workers costs more than reading it, and the planner, blind to how the seq
+-- range already implies the time filter, would pick a parallel scan and sort over a
+-- walk that stops at the page's end (docs/audit.md).
+SET LOCAL max_parallel_workers_per_gather = 0;
+
 -- name: seq_floor
 -- Every change at or after a time is above this seq: seals only grow in sealed_at, and
 -- each row's `at` is at most its seal's sealed_at. NULL: no seal that late.

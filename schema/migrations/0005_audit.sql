@@ -12,10 +12,9 @@
 -- log, build them first with CREATE INDEX CONCURRENTLY under the same names and
 -- this migration will not block writers.
 
--- A row's history (table + key) and the `pk` filter; also serves `table` alone
--- when a table is rare.
-CREATE INDEX IF NOT EXISTS sync_log_table_pk_idx ON sync_log (table_name, pk)
-    WHERE pk IS NOT NULL;
+-- A row's history (table + key), the `pk` filter, and `table` alone when a table is
+-- rare. Not partial: a `table` filter alone could not use it (docs/audit.md).
+CREATE INDEX IF NOT EXISTS sync_log_table_pk_idx ON sync_log (table_name, pk);
 -- "What did alice do (lately)?": the actor, then the time.
 CREATE INDEX IF NOT EXISTS sync_log_actor_at_idx ON sync_log (actor, at)
     WHERE actor IS NOT NULL;
