@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
+import uuid
 from typing import Any
 
 import psycopg
 import pytest
 from click.testing import CliRunner
+from psycopg import sql
+from yoyo import get_backend, read_migrations
 
 from api.cli import cli
 from cdc import db
+from cdc.migrate import migrate, schema_dir, yoyo_url
+from cdc.queries import queries
 from cdc.seal import verify
+from tests.conftest import drop_database, with_dbname
 from tests.test_audit import sequence_all
 
 SETUP = """
@@ -177,3 +184,57 @@ def tamper_guarded(url: str) -> None:
     """Without bypassing the guard, editing the seals is refused like the log."""
     with db.connect(url) as conn:
         conn.execute("UPDATE sync_seal SET hash = hash WHERE seal_no = 1")
+
+
+UNSEALED_BATCH = re.sub(
+    r"\), prev AS \(.*?\), upd AS \(", "), upd AS (", queries["sequence_batch"], flags=re.S
+)
+
+
+def test_migrating_a_sequenced_log_seals_it_and_old_sequencers_are_covered(
+    server_url: str,
+) -> None:
+    """0005 on a database with a log sequenced before it; then a sequencer of the old
+    version (no seal) and one of the new version take turns, as in a rolling deploy."""
+    name = f"pgtide_v_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = with_dbname(server_url, name)
+    shipped = queries["sequence_batch"]
+    try:
+        backend = get_backend(yoyo_url(url))
+        try:
+            migrations = read_migrations(str(schema_dir() / "migrations"))
+            with backend.lock():
+                backend.apply_migrations(
+                    backend.to_apply(migrations.filter(lambda m: m.id != "0005_audit"))
+                )
+        finally:
+            backend.connection.close()
+        with db.connect(url) as conn:
+            conn.execute(SETUP.encode())
+            conn.execute("INSERT INTO t SELECT g, 'before' FROM generate_series(1, 25) g")
+        queries["sequence_batch"] = UNSEALED_BATCH  # the sequencer as it was before 0005
+        sequence_all(url, batch_rows=10)
+
+        assert migrate(url).applied == ["0005_audit"]
+        report = check(url)
+        assert report.intact and report.rows == 25 and report.last_seq == 25
+
+        with db.connect(url) as conn:
+            conn.execute("INSERT INTO t SELECT g, 'old' FROM generate_series(100, 104) g")
+        sequence_all(url)  # still the old statement: rows left unsealed for a moment
+        queries["sequence_batch"] = shipped
+        with db.connect(url) as conn:
+            conn.execute("INSERT INTO t SELECT g, 'new' FROM generate_series(200, 202) g")
+        sequence_all(url)
+        with db.connect(url) as conn:
+            last = conn.execute(
+                "SELECT first_seq, last_seq FROM sync_seal ORDER BY seal_no DESC LIMIT 1"
+            ).fetchone()
+        assert last == (26, 33)  # the new seal covers the old sequencer's rows too
+        report = check(url)
+        assert report.intact and report.rows == 33
+    finally:
+        queries["sequence_batch"] = shipped
+        drop_database(server_url, name)

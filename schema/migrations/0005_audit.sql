@@ -5,27 +5,6 @@
 -- Roles are not created here (roles are cluster-wide and creating them needs
 -- CREATEROLE): schema/roles.sql holds the grants docs/audit.md documents.
 
--- Indexes on sync_log. Each one costs every tracked write (measured in
--- docs/audit.md), so there are few, and they are partial where whole classes of
--- rows can never match: changes made outside the API carry no actor or origin;
--- TRUNCATE and MESSAGE rows carry no key. IF NOT EXISTS: on a large existing
--- log, build them first with CREATE INDEX CONCURRENTLY under the same names and
--- this migration will not block writers.
-
--- A row's history (table + key), the `pk` filter, and `table` alone when a table is
--- rare. Not partial: a `table` filter alone could not use it (docs/audit.md).
-CREATE INDEX IF NOT EXISTS sync_log_table_pk_idx ON sync_log (table_name, pk);
--- "What did alice do (lately)?": the actor, then the time.
-CREATE INDEX IF NOT EXISTS sync_log_actor_at_idx ON sync_log (actor, at)
-    WHERE actor IS NOT NULL;
--- The same per origin (a branch, a service).
-CREATE INDEX IF NOT EXISTS sync_log_origin_at_idx ON sync_log (origin, at)
-    WHERE origin IS NOT NULL;
--- TRUNCATEs are rare and remove every row of a table: a row's history looks
--- them up. Writers of other ops only evaluate the predicate.
-CREATE INDEX IF NOT EXISTS sync_log_truncate_idx ON sync_log (table_name)
-    WHERE op = 'TRUNCATE';
-
 -- The digest of one sequenced change: sha256 of its canonical text, v1.
 -- Canonical text: a jsonb object of every sync_log column of v1 plus the seq,
 -- with txid as a decimal string and `at` as UTC ISO 8601 without offset, cast
@@ -102,8 +81,10 @@ CREATE TABLE sync_retention (
     db_role         text NOT NULL DEFAULT current_user
 );
 
--- Seal what was sequenced before this migration: the genesis seal, then one
--- seal per 10,000 existing rows, chained. Runs before any sequencer that seals.
+-- Seal what was sequenced before this migration: the genesis seal, then one seal per
+-- 10,000 existing rows, chained. Runs before any sequencer that seals; an older
+-- sequencer still running meanwhile leaves rows that the first new seal covers.
+-- It reads the log and writes only sync_seal: writers do not wait for it.
 DO $$
 DECLARE
     head  bigint := (SELECT last_seq FROM sync_sequencer);
@@ -129,5 +110,35 @@ BEGIN
         RETURNING hash, sealed_at INTO prev, stamp;
         lo := lo + 10000;
     END LOOP;
+END
+$$;
+
+-- Indexes on sync_log, last: building one holds a SHARE lock on sync_log (writers
+-- wait) until this migration commits, so nothing slow comes after them. Each is
+-- created only if missing, checked without a lock: on a large existing log, build
+-- them first with CREATE INDEX CONCURRENTLY under the same names (docs/audit.md) and
+-- this migration never blocks writers.
+-- Each index costs every tracked write (measured in docs/audit.md), so there are few,
+-- partial where whole classes of rows can never match: changes made outside the API
+-- carry no actor or origin; only TRUNCATE rows enter the last one.
+DO $$
+BEGIN
+    -- A row's history (table + key), the `pk` filter, and `table` alone when a table
+    -- is rare. Not partial: a `table` filter alone could not use it.
+    IF to_regclass('public.sync_log_table_pk_idx') IS NULL THEN
+        CREATE INDEX sync_log_table_pk_idx ON sync_log (table_name, pk);
+    END IF;
+    -- "What did alice do (lately)?": the actor, then the time.
+    IF to_regclass('public.sync_log_actor_at_idx') IS NULL THEN
+        CREATE INDEX sync_log_actor_at_idx ON sync_log (actor, at) WHERE actor IS NOT NULL;
+    END IF;
+    -- The same per origin (a branch, a service).
+    IF to_regclass('public.sync_log_origin_at_idx') IS NULL THEN
+        CREATE INDEX sync_log_origin_at_idx ON sync_log (origin, at) WHERE origin IS NOT NULL;
+    END IF;
+    -- TRUNCATEs are rare and remove every row of a table: a row's history looks them up.
+    IF to_regclass('public.sync_log_truncate_idx') IS NULL THEN
+        CREATE INDEX sync_log_truncate_idx ON sync_log (table_name) WHERE op = 'TRUNCATE';
+    END IF;
 END
 $$;
