@@ -21,6 +21,7 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from cdc.cursor import MAX_CURSOR
+from cdc.events import change_payload
 from cdc.filters import kind_of
 from cdc.logquery import MAX_LIMIT, Key, LogQuery, parse_query, row_key
 from cdc.queries import load
@@ -193,25 +194,9 @@ async def ahistory(
 
 
 def change_record(c: Change) -> dict[str, Any]:
-    """A change as the audit outputs show it (the stream's field names, plus db_role)."""
-    return {
-        "cursor": str(c.seq),
-        "seq": c.seq,
-        "txid": c.txid,
-        "id": c.id,
-        "at": c.at,
-        "schema": c.schema_name,
-        "table": c.table_name,
-        "op": c.op,
-        "pk": c.pk,
-        "row": c.new_row,
-        "old": c.old_row,
-        "changed": c.changed,
-        "actor": c.actor,
-        "origin": c.origin,
-        "mutation_id": c.mutation_id,
-        "db_role": c.db_role,
-    }
+    """A change as the audit outputs show it (the stream's fields, plus db_role)."""
+    # `at` stays a datetime here: the table, CSV and JSON writers format it themselves.
+    return {**change_payload(c), "at": c.at, "db_role": c.db_role}
 
 
 def history_record(e: HistoryEntry) -> dict[str, Any]:
