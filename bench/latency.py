@@ -80,11 +80,12 @@ def sse_cell(
         out = sse.stop()
     ids = seq_to_id(url, "b_lat", head)
     values: list[float] = []
-    for seqs, times in out["records"]:
-        for s, t in zip(seqs, times, strict=True):
-            c = commits.get(ids.get(s, -1))
-            if c is not None:
-                values.append((t - c) * 1000)
+    for firsts, lasts, times in out["records"]:
+        for first, last, t in zip(firsts, lasts, times, strict=True):
+            for s in range(first, last + 1):
+                c = commits.get(ids.get(s, -1))
+                if c is not None:
+                    values.append((t - c) * 1000)
     recorded = len(out["records"])
     return Lat(
         values, len(commits) * recorded, len(values), achieved, subs,

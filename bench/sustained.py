@@ -161,7 +161,11 @@ def _check(
     lost = dups = extra = expected = cut = 0
     lat: list[float] = []
     records = out["records"]
-    for k, (sub, (seqs, times)) in enumerate(zip(out["subs"], records, strict=True)):
+    for k, (sub, (firsts, lasts, stamps)) in enumerate(zip(out["subs"], records, strict=True)):
+        seqs = [s for f, last in zip(firsts, lasts, strict=True) for s in range(f, last + 1)]
+        times = [
+            t for f, last, t in zip(firsts, lasts, stamps, strict=True) for _ in range(f, last + 1)
+        ]
         filtered = "grp=" in paths[_index(k, len(paths))]
         start = sub["synced"] or 0
         want = {s for s in range(start + 1, head + 1) if not filtered or s in selected}
