@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -86,6 +87,24 @@ async def _supervise(listener: Listener) -> None:
             log.exception("listener task failed; restarting in %.0fs", pause)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 30.0)
+
+
+def _cors(settings: Settings) -> list[Middleware]:
+    """CORS for the origins in PGTIDE_CORS_ORIGINS (none by default, as DESIGN.md says)."""
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if not origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "If-Match",
+                           "If-None-Match", "Last-Event-ID", "X-Pgtide-Origin"],
+            expose_headers=["ETag", "Location", "Link", "Idempotent-Replayed"],
+            max_age=600,
+        )
+    ]  # fmt: skip
 
 
 def app_from_env() -> Starlette:
@@ -164,6 +183,8 @@ def create_app(
         lifespan=lifespan,
         exception_handlers=handlers,
         middleware=[
+            # Outermost: a browser's preflight is answered before auth asks for a token.
+            *_cors(settings),
             Middleware(RequestLog, routes=templates),
             Middleware(RequestMetrics, routes=templates),
             Middleware(AuthMiddleware, enabled=not settings.insecure_no_auth, cache=token_cache),

@@ -64,3 +64,5 @@ class Settings(BaseSettings):
     retention_keep: Annotated[timedelta | None, BeforeValidator(_duration)] = None
     retention_interval_s: float = 3600.0
     retention_batch: int = Field(default=10_000, ge=1)
+    # Browser origins allowed to call the API and read the stream (comma-separated).
+    cors_origins: str = ""

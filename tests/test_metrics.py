@@ -44,3 +44,21 @@ def test_metrics_count_published_and_delivered_events_and_requests(db_url: str) 
     assert m["pgtide_sync_log_bytes"] > 0
     assert m["pgtide_http_requests_total{method=GET,route=/events,status=200}"] == 1
     assert m["pgtide_http_requests_total{method=GET,route=/ready,status=200}"] >= 1
+
+
+def test_cors_allows_only_the_configured_origins(db_url: str) -> None:
+    srv = Server(db_url, env={"PGTIDE_CORS_ORIGINS": "https://dash.example"}).start()
+    try:
+        pre = httpx.options(
+            f"{srv.base}/api/clients",
+            headers={"Origin": "https://dash.example", "Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "authorization,content-type"},
+        )  # fmt: skip
+        assert pre.status_code == 200
+        assert pre.headers["access-control-allow-origin"] == "https://dash.example"
+        other = httpx.get(f"{srv.base}/health", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+        ok = httpx.get(f"{srv.base}/health", headers={"Origin": "https://dash.example"})
+        assert ok.headers["access-control-allow-origin"] == "https://dash.example"
+    finally:
+        srv.stop()
