@@ -96,9 +96,10 @@ conn.execute("SELECT pgtide.publish('fin', '{\"n\": -999}')")
 print(conn.info.backend_pid, txid, flush=True)
 if mode == "statement":
     conn.execute("SET client_connection_check_interval = '100ms'")
-    # Long enough to outlast a loaded machine's waits: it must still run when killed.
-    conn.execute("INSERT INTO scratch (n) SELECT -999 FROM generate_series(1, 6000) g, "
-                 "LATERAL (SELECT pg_sleep(0.05)) s")
+    # Long enough to outlast a loaded machine's waits: it must still run when killed. The
+    # sleep is in WHERE, so it runs for every row (an uncorrelated LATERAL runs once).
+    conn.execute("INSERT INTO scratch (n) SELECT -999 FROM generate_series(1, 6000) g "
+                 "WHERE pg_sleep(0.05) IS NOT NULL")
 time.sleep(3600)  # still in the transaction until it is killed
 """
 
@@ -116,18 +117,18 @@ def passed(conn: psycopg.Connection[Any], txid: str) -> bool:
     """Whether the sequencer's durable state has moved past `txid`: below its next xid
     and not among the open ones it waits on (state written with each batch)."""
     row = conn.execute(
-        "SELECT %s::xid8 < next_xid AND NOT %s::xid8 = ANY(open_xids), last_seq "
-        "FROM sync_sequencer",
+        "SELECT %s::xid8 < next_xid AND NOT %s::xid8 = ANY(open_xids) FROM sync_sequencer",
         (txid, txid),
     ).fetchone()
     assert row is not None
     return bool(row[0])
 
 
-def last_seq(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT last_seq FROM sync_sequencer").fetchone()
+def beyond(conn: psycopg.Connection[Any], txid: str) -> bool:
+    """Whether a batch has committed whose snapshot came after `txid` began."""
+    row = conn.execute("SELECT %s::xid8 < next_xid FROM sync_sequencer", (txid,)).fetchone()
     assert row is not None
-    return int(row[0])
+    return bool(row[0])
 
 
 def checksum(conn: psycopg.Connection[Any]) -> dict[str, Any]:
@@ -142,29 +143,34 @@ def kill_doomed(
     with subprocess.Popen(
         [sys.executable, "-c", DOOMED, srv.url, mode, tag], stdout=subprocess.PIPE, text=True
     ) as proc:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line, f"the doomed writer died early ({proc.wait()})"
-        backend, txid = line.split()
-        # Its transaction is open and has written; the sequencer waits on it.
-        state = "active" if mode == "statement" else "idle in transaction"
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line, f"the doomed writer died early ({proc.wait()})"
+            backend, txid = line.split()
+            # Its transaction is open and has written; the sequencer waits on it.
+            state = "active" if mode == "statement" else "idle in transaction"
 
-        def in_state() -> bool:
-            return bool(conn.execute(
-                "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND state = %s "
-                "AND backend_xid IS NOT NULL AND query NOT LIKE 'SET %%'",
-                (int(backend), state),
-            ).fetchone())  # fmt: skip
+            def in_state() -> bool:
+                return bool(conn.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND state = %s "
+                    "AND backend_xid IS NOT NULL AND query NOT LIKE 'SET %%'",
+                    (int(backend), state),
+                ).fetchone())  # fmt: skip
 
-        wait_for(in_state, f"the doomed writer to be {state}")
-        if not quiet:
-            # Batches of other writers commit, and the sequencer keeps the doomed one pending.
-            seq = last_seq(conn)
-            wait_for(lambda: last_seq(conn) > seq + 2, "batches while the doomed writer is open")
-            assert not passed(conn, txid)
-        assert in_state(), "the doomed writer ended before it was killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+            wait_for(in_state, f"the doomed writer to be {state}")
+            if not quiet:
+                # Other writers' batches commit past its xid, and the sequencer keeps it open.
+                wait_for(lambda: beyond(conn, txid), "a batch past the doomed writer's xid")
+                assert not passed(conn, txid)
+            assert in_state(), "the doomed writer ended before it was killed"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        finally:
+            if proc.poll() is None:  # a failed check: never leave it holding locks
+                proc.kill()
+                proc.wait()
+
     # PostgreSQL notices the lost client and rolls back.
     wait_for(
         lambda: (
