@@ -9,7 +9,9 @@ Every record becomes one line. In JSON, a line carries `ts` (UTC, ISO 8601),
 stream, when the client goes): method, route *template* (`/api/{resource}/{id}`
 style, never the path or the query string, which may carry `access_token=`),
 status, duration and bytes sent. Request and response bodies are never logged,
-so neither tokens nor row data reach a log line from here.
+so neither tokens nor row data reach a log line from here. Exception text loses the
+values PostgreSQL and pydantic quote (`scrub`), and sse-starlette's per-chunk DEBUG
+lines (row data) are never enabled. docs/reliability.md describes the format.
 """
 
 from __future__ import annotations
