@@ -25,31 +25,20 @@ SELECT pg_snapshot_xmax(snap.s)::text AS xmax,
 -- keys or matches no state row (then no row comes back), and commits nothing.
 -- The same statement seals the batch (docs/audit.md): one sync_seal row chaining the
 -- previous seal's hash with the digests of the rows sequenced since it (the batch, plus
--- any a sequencer without sealing left), so the seal commits atomically with the batch.
+-- any a sequencer without sealing left), computed by pgtide.seal_row_v1 (0005_audit),
+-- so the seal commits atomically with the batch.
 WITH ins AS (
     INSERT INTO sync_order (seq, log_id)
     SELECT %(last_seq)s::bigint + row_number() OVER (ORDER BY t.ord, l.id), l.id
       FROM unnest(%(txids)s::xid8[]) WITH ORDINALITY AS t(txid, ord)
       JOIN sync_log l ON l.txid = t.txid
     RETURNING seq, log_id
-), prev AS (
-    SELECT seal_no, last_seq, hash, sealed_at FROM sync_seal ORDER BY seal_no DESC LIMIT 1
-), unsealed AS (
-    SELECT o.seq, pgtide.log_digest_v1(o.seq, l) AS digest, l.at
-      FROM sync_order o JOIN sync_log l ON l.id = o.log_id
-     WHERE o.seq > (SELECT last_seq FROM prev)
-    UNION ALL
-    SELECT ins.seq, pgtide.log_digest_v1(ins.seq, l), l.at
-      FROM ins JOIN sync_log l ON l.id = ins.log_id
 ), seal AS (
-    INSERT INTO sync_seal (seal_no, first_seq, last_seq, hash, prev_hash, digests,
-                           min_at, max_at, sealed_at)
-    SELECT p.seal_no + 1, min(u.seq), max(u.seq),
-           sha256(p.hash || string_agg(u.digest, ''::bytea ORDER BY u.seq)), p.hash,
-           string_agg(substr(u.digest, 1, 8), ''::bytea ORDER BY u.seq),
-           min(u.at), max(u.at), greatest(now(), max(u.at), p.sealed_at)
-      FROM unsealed u CROSS JOIN prev p
-     GROUP BY p.seal_no, p.hash, p.sealed_at
+    INSERT INTO sync_seal
+    SELECT s.*
+      FROM (SELECT array_agg(seq ORDER BY seq) AS seqs, array_agg(log_id ORDER BY seq) AS ids
+              FROM ins HAVING count(*) > 0) AS b
+     CROSS JOIN pgtide.seal_row_v1(b.seqs, b.ids) AS s
 ), upd AS (
     UPDATE sync_sequencer
        SET last_seq = %(last_seq)s::bigint + (SELECT count(*) FROM ins),

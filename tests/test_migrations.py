@@ -25,9 +25,9 @@ ALL_MIGRATIONS = sorted(
     p.stem for p in (schema_dir() / "migrations").iterdir()
     if p.suffix in (".sql", ".py") and not p.name.endswith(".rollback.sql")
 )
-# Functions a migration defines, not triggers.sql: the seal digest is frozen there because
-# every seal already written depends on it byte for byte (docs/audit.md).
-MIGRATION_FUNCTIONS = ["log_digest_v1"]
+# Functions a migration defines, not triggers.sql: the seal digest and chaining are frozen
+# there because every seal already written depends on them byte for byte (docs/audit.md).
+MIGRATION_FUNCTIONS = ["log_digest_v1", "seal_row_v1"]
 DOMAIN_TABLES = [
     "appointments",
     "branches",

@@ -187,7 +187,7 @@ def tamper_guarded(url: str) -> None:
 
 
 UNSEALED_BATCH = re.sub(
-    r"\), prev AS \(.*?\), upd AS \(", "), upd AS (", queries["sequence_batch"], flags=re.S
+    r"\), seal AS \(.*?\), upd AS \(", "), upd AS (", queries["sequence_batch"], flags=re.S
 )
 
 

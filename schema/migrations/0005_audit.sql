@@ -33,7 +33,8 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
 $fn$;
 
 -- The seal chain. The sequencer writes one seal per committed batch, in the same
--- statement as the batch's sync_order rows (cdc/queries.sql, sequence_batch):
+-- statement as the batch's sync_order rows (cdc/queries.sql, sequence_batch, with
+-- pgtide.seal_row_v1 below):
 --   hash(k) = sha256(hash(k-1) || digest(first_seq) || ... || digest(last_seq))
 -- Seal 0 is the genesis: no rows, prev_hash empty, hash sha256(empty).
 -- `digests` keeps the first 8 bytes of each row's digest, in seq order, so that
@@ -62,6 +63,40 @@ CREATE INDEX sync_seal_sealed_at_idx ON sync_seal (sealed_at);
 -- `to`: the seals holding a row older than a time but sealed after it (long
 -- transactions), found by a stabbing query.
 CREATE INDEX sync_seal_span_idx ON sync_seal USING gist (tstzrange(min_at, sealed_at, '[]'));
+
+-- The seal of one batch, computed for the sequencer's statement (sequence_batch in
+-- cdc/queries.sql inserts what this returns): the rows sequenced after the last seal
+-- (the batch, given as its seqs and log ids in seq order, and any rows an older
+-- sequencer left unsealed below it) chained to the last seal. A function so that its
+-- plans are cached per session: the sequencer's statement stays small to plan, which
+-- is most of what sealing costs a one-change batch (docs/audit.md). Rows of the
+-- calling statement may or may not be visible here; the seq bound makes that moot.
+CREATE FUNCTION pgtide.seal_row_v1(seqs bigint[], log_ids bigint[]) RETURNS SETOF sync_seal
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    prev sync_seal;
+    next sync_seal;
+BEGIN
+    IF coalesce(cardinality(seqs), 0) = 0
+       OR cardinality(seqs) IS DISTINCT FROM cardinality(log_ids) THEN
+        RETURN;  -- nothing sequenced: no seal
+    END IF;
+    SELECT * INTO prev FROM sync_seal ORDER BY seal_no DESC LIMIT 1;
+    SELECT prev.seal_no + 1, min(u.seq), max(u.seq),
+           sha256(prev.hash || string_agg(u.d, ''::bytea ORDER BY u.seq)), prev.hash,
+           string_agg(substr(u.d, 1, 8), ''::bytea ORDER BY u.seq),
+           min(u.at), max(u.at), greatest(now(), max(u.at), prev.sealed_at)
+      INTO next
+      FROM (SELECT o.seq, pgtide.log_digest_v1(o.seq, l) AS d, l.at
+              FROM sync_order o JOIN sync_log l ON l.id = o.log_id
+             WHERE o.seq > prev.last_seq AND o.seq < seqs[1]
+            UNION ALL
+            SELECT b.seq, pgtide.log_digest_v1(b.seq, l), l.at
+              FROM unnest(seqs, log_ids) AS b(seq, log_id)
+              JOIN sync_log l ON l.id = b.log_id) AS u;
+    RETURN NEXT next;
+END
+$fn$;
 
 CREATE TRIGGER sync_seal_append_only BEFORE UPDATE OR DELETE ON sync_seal
     FOR EACH ROW EXECUTE FUNCTION pgtide.append_only_v1();
