@@ -314,7 +314,7 @@ SLOT = "pgtide_audit_perf"
 # This database's WAL since a position, read back from the WAL (others' not counted).
 DB_WAL = """
 SELECT coalesce(sum(record_length), 0)
-  FROM pg_get_wal_records_info(%s::pg_lsn, pg_current_wal_lsn())
+  FROM pg_get_wal_records_info(%s::pg_lsn, pg_current_wal_flush_lsn())
  WHERE substring(block_ref from 'rel [0-9]+/([0-9]+)/')::oid =
        (SELECT oid FROM pg_database WHERE datname = current_database())
 """

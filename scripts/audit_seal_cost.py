@@ -2,24 +2,24 @@
 
     python scripts/audit_seal_cost.py --url postgresql://postgres@127.0.0.1:5432/postgres
 
-In a scratch database (dropped at the end), on a tracked table: (a) the live
-case, one single-row transaction committed then one sequencer pass, --txns
-times (a batch and a seal per commit; only the passes are timed), and (b) a
-backlog of --txns such transactions sequenced in batches of up to 5,000 rows.
-Each is timed with
-the shipped `sequence_batch` and with the same statement minus its sealing
-CTEs (read from cdc/queries.sql and cut at the markers), alternating, --rounds
-times; the table gives medians. Writers are not involved: sealing happens only
-in the sequencer's statement.
+In a scratch database (dropped at the end), --txns single-row transactions are
+committed on a tracked table and left unsequenced. Then, for batches of 1, 10,
+100 and 1,000 of them, the shipped `sequence_batch` statement and the same
+statement minus its sealing CTEs (cut out of cdc/queries.sql at the markers)
+run alternately --repeat times each, every run inside a transaction that is
+rolled back and prepared (as psycopg prepares the sequencer's after 5 runs):
+the statement's own work, without the commit's fsync, which on a
+shared machine varies more than the difference measured. Writers are not
+involved: sealing happens only in the sequencer's statement.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 import statistics
 import time
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -28,12 +28,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from cdc import db
 from cdc.migrate import migrate
 from cdc.queries import queries
-from cdc.sequencer import Sequencer
-from cdc.settings import Settings
 
 SEALED = queries["sequence_batch"]
-# The statement without the prev/unsealed/seal CTEs: what sequence_batch was before sealing.
-UNSEALED = re.sub(r"\), prev AS \(.*?\), upd AS \(", "), upd AS (", SEALED, flags=re.S)
+# The statement without its seal CTE: what sequence_batch was before sealing.
+UNSEALED = re.sub(r"\), seal AS \(.*?\), upd AS \(", "), upd AS (", SEALED, flags=re.S)
 
 
 def with_db(url: str, name: str) -> str:
@@ -42,51 +40,22 @@ def with_db(url: str, name: str) -> str:
     return make_conninfo("", **params)
 
 
-def write(url: str, txns: int) -> None:
-    with db.connect(url) as conn:
-        conn.execute("TRUNCATE t")  # its own TRUNCATE is logged and sequenced too
-        for i in range(txns):
-            conn.execute("INSERT INTO t VALUES (%s, 'x')", (i,))
-
-
-async def backlog(url: str, txns: int) -> float:
-    """Commit `txns` transactions, then time sequencing them (5,000 rows a batch)."""
-    write(url, txns)
-    seq = Sequencer(url, Settings(batch_rows=5000))
-    async with await db.aconnect(url) as conn:
-        await seq._load_state(conn)
+def run_once(conn: psycopg.Connection[Any], text: str, txids: list[str], xmax: str) -> float:
+    """One sequence_batch of `txids`, rolled back; seconds."""
+    params = {"last_seq": 0, "txids": txids, "next_xid": xmax, "open_xids": []}
+    with conn.transaction(force_rollback=True):
         start = time.perf_counter()
-        done = 0
-        while (result := await seq.discover(conn)).rows:
-            done += result.rows
+        rows = conn.execute(text, params, prepare=True).fetchall()
         took = time.perf_counter() - start
-    assert done == txns + 1, (done, txns)
-    return took
-
-
-async def live(url: str, txns: int) -> float:
-    """Commit one transaction, time the pass that sequences (and seals) it; `txns` times."""
-    write(url, 0)
-    seq = Sequencer(url, Settings())
-    took = 0.0
-    with db.connect(url) as writer:
-        async with await db.aconnect(url) as conn:
-            await seq._load_state(conn)
-            await seq.discover(conn)  # the TRUNCATE
-            for i in range(txns):
-                writer.execute("INSERT INTO t VALUES (%s, 'x')", (i,))
-                start = time.perf_counter()
-                result = await seq.discover(conn)
-                took += time.perf_counter() - start
-                assert result.rows == 1
+    assert len(rows) == len(txids)
     return took
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    ap.add_argument("--txns", type=int, default=3000)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--txns", type=int, default=1000)
+    ap.add_argument("--repeat", type=int, default=25)
     args = ap.parse_args()
     assert UNSEALED != SEALED, "could not cut the sealing CTEs out of sequence_batch"
     name = "pgtide_audit_seal_cost"
@@ -95,32 +64,37 @@ def main() -> None:
     with psycopg.connect(args.url, autocommit=True) as admin:
         admin.execute(drop)
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    results: dict[tuple[str, str], list[float]] = {}
     try:
         migrate(url)
         with db.connect(url) as conn:
             conn.execute(
-                b"CREATE TABLE t (id int PRIMARY KEY, v text); SELECT pgtide.track_v1('t')"
+                b"CREATE TABLE t (id int PRIMARY KEY, v text, n int, note text);"
+                b"SELECT pgtide.track_v1('t')"
             )
-        for _ in range(args.rounds):
-            for variant, text in (("with seal", SEALED), ("without seal", UNSEALED)):
-                queries["sequence_batch"] = text
-                for mode, fn in (("one commit per batch", live), ("backlog, 5000/batch", backlog)):
-                    took = asyncio.run(fn(url, args.txns))
-                    results.setdefault((mode, variant), []).append(took)
-                    print(f"{mode} {variant}: {took:.2f}s", flush=True)
+            for i in range(args.txns):
+                conn.execute("INSERT INTO t VALUES (%s, 'x', %s, 'a short note')", (i, i))
+            conn.execute("VACUUM ANALYZE")
+            txids = [r[0] for r in conn.execute("SELECT txid::text FROM sync_log ORDER BY id")]
+            row = conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()
+            assert row is not None
+            xmax = str(row[0])
+            print(f"{args.txns:,} single-row transactions, {args.repeat} runs each, medians\n")
+            print("| batch | without seal | with seal | sealing adds | per row |")
+            print("| ---: | ---: | ---: | ---: | ---: |")
+            for size in (1, 10, 100, 1000):
+                if size > len(txids):
+                    break
+                took: dict[str, list[float]] = {"with": [], "without": []}
+                for _ in range(args.repeat):
+                    took["with"].append(run_once(conn, SEALED, txids[:size], xmax))
+                    took["without"].append(run_once(conn, UNSEALED, txids[:size], xmax))
+                a = statistics.median(took["without"]) * 1e6
+                b = statistics.median(took["with"]) * 1e6
+                print(f"| {size:,} | {a:,.0f} µs | {b:,.0f} µs | {b - a:,.0f} µs "
+                      f"| {(b - a) / size:,.1f} µs |", flush=True)  # fmt: skip
     finally:
-        queries["sequence_batch"] = SEALED
         with psycopg.connect(args.url, autocommit=True) as admin:
             admin.execute(drop)
-    print(f"\n{args.txns:,} single-row transactions, {args.rounds} rounds, medians\n")
-    print("| sequencing | without seal | with seal | ratio |")
-    print("| --- | ---: | ---: | ---: |")
-    for mode in ("one commit per batch", "backlog, 5000/batch"):
-        a = statistics.median(results[(mode, "without seal")])
-        b = statistics.median(results[(mode, "with seal")])
-        n = args.txns
-        print(f"| {mode} | {a / n * 1e6:,.0f} µs/row | {b / n * 1e6:,.0f} µs/row | {b / a:.2f} |")
 
 
 if __name__ == "__main__":

@@ -125,7 +125,7 @@ WAL_BY_RELATION = """
 WITH recs AS (
     SELECT record_length, substring(block_ref from 'rel [0-9]+/([0-9]+)/') ::oid AS db,
            substring(block_ref from 'rel [0-9]+/[0-9]+/([0-9]+)')::oid AS node
-      FROM pg_get_wal_records_info(%(start)s::pg_lsn, pg_current_wal_lsn())
+      FROM pg_get_wal_records_info(%(start)s::pg_lsn, pg_current_wal_flush_lsn())
 )
 SELECT coalesce(sum(record_length) FILTER (WHERE db = (SELECT oid FROM pg_database
                                                        WHERE datname = current_database())), 0),
