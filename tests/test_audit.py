@@ -586,7 +586,25 @@ def test_cli_history_prints_a_readable_diff(story_db: tuple[str, str]) -> None:
 # --- roles -------------------------------------------------------------------------
 
 
-def test_the_documented_api_role_cannot_update_or_delete_the_log(db_url: str) -> None:
+ROLES = ("pgtide_api", "pgtide_auditor", "pgtide_retention")
+
+
+@pytest.fixture
+def roles_db(db_url: str) -> Iterator[str]:
+    """The test's database; afterwards the (cluster-wide) roles are dropped again if no
+    other database still grants them anything."""
+    yield db_url
+    with db.connect(db_url) as conn:
+        conn.execute("RESET ROLE")
+        for role in ROLES:
+            ident = sql.Identifier(role)
+            with contextlib.suppress(psycopg.Error):
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
+
+
+def test_the_documented_api_role_cannot_update_or_delete_the_log(roles_db: str) -> None:
+    db_url = roles_db
     roles = (ROOT / "schema" / "roles.sql").read_text()
     with db.connect(db_url) as conn:
         conn.execute(roles.encode())
