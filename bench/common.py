@@ -430,6 +430,8 @@ class Row:
     def ratio(self) -> float | None:
         if self.ours is None or self.baseline is None or self.baseline <= 0:
             return None
+        if self.unit == "ms" and self.baseline < 0.1:
+            return None  # a ratio to a ~0 ms floor (LISTEN's p50) says nothing
         if math.isnan(self.ours) or math.isnan(self.baseline):
             return None
         return self.ours / self.baseline

@@ -156,3 +156,19 @@ def write_markdown(path: Path, meta: dict[str, Any], results: list[Result]) -> N
 def write_json(path: Path, meta: dict[str, Any], results: list[Result]) -> None:
     data = {"meta": meta, "benchmarks": [r.to_json() for r in results]}
     path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    """`python -m bench.report [results.json] [benchmarks.md]`: rewrite the Markdown from JSON."""
+    import sys
+
+    from bench.common import REPO, Result
+
+    src = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "bench" / "results.json"
+    dst = Path(sys.argv[2]) if len(sys.argv) > 2 else REPO / "docs" / "benchmarks.md"
+    data = json.loads(src.read_text(encoding="utf-8"))
+    write_markdown(dst, data["meta"], [Result.from_json(b) for b in data["benchmarks"]])
+
+
+if __name__ == "__main__":
+    main()

@@ -86,11 +86,13 @@ def _fill(url: str, rows: int, per_tx: int) -> None:
 
 
 def _without_seal(text: str) -> str:
-    """`sequence_batch` minus its audit-seal CTEs (prev, unsealed, seal): what sealing costs."""
-    start, end = text.find("), prev AS ("), text.find("), upd AS (")
-    if start < 0 or end < 0:
+    """`sequence_batch` minus its audit-seal CTEs (everything from the first seal CTE up to
+    `upd`): what sealing costs. Unchanged when the query has no such CTEs."""
+    starts = [i for i in (text.find("), prev AS ("), text.find("), seal AS (")) if i >= 0]
+    end = text.find("), upd AS (")
+    if not starts or end < 0:
         return text
-    return text[:start] + text[end:]
+    return text[: min(starts)] + text[end:]
 
 
 STATES = [
