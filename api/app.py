@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from api.apps import App, Registry, load_apps
 from api.audit import audit_routes
 from api.auth import AuthMiddleware, TokenCache, TokenWatcher
 from api.logs import RequestLog, setup_logging
@@ -32,6 +33,7 @@ from api.stream import stream_events
 from api.web import web_routes
 from cdc import db, retention
 from cdc.catalog import Catalog
+from cdc.errors import DatabaseUnavailable
 from cdc.hub import Hub
 from cdc.listener import Listener
 from cdc.settings import Settings
@@ -53,6 +55,7 @@ class State(TypedDict):
     listener: Listener
     catalog: Catalog
     metrics: Metrics
+    registry: Registry
 
 
 async def ready(request: Request) -> Response:
@@ -113,13 +116,31 @@ def app_from_env() -> Starlette:
     return create_app(Settings())
 
 
+def _served_apps(url: str, settings: Settings) -> list[App]:
+    """The apps the database records as installed, then those PGTIDE_APPS names."""
+    from cdc.migrate import installed_apps
+
+    try:
+        recorded = [ref for _, ref in installed_apps(url)]
+    except DatabaseUnavailable:
+        log.warning("the database is unreachable: serving only the apps in PGTIDE_APPS")
+        recorded = []
+    return load_apps([*recorded, *settings.apps])
+
+
 def create_app(
-    settings: Settings, *, database_url: str | None = None, run_sequencer: bool = True
+    settings: Settings,
+    *,
+    database_url: str | None = None,
+    run_sequencer: bool = True,
+    apps: list[App] | None = None,
 ) -> Starlette:
     """Build the app. Its lifespan opens the pool and runs the listener (and sequencer).
 
     `database_url` is the resolved URL (the CLI resolves it once, starting the
     embedded server if needed); without it the lifespan resolves it from `settings`.
+    `apps` are the apps whose resources are served; without them the lifespan reads
+    the installed apps from the database (and adds PGTIDE_APPS).
     """
 
     token_cache = TokenCache()
@@ -130,6 +151,7 @@ def create_app(
         if url is None:
             # resolve_url may start the embedded server: blocking, so off the loop.
             url = await asyncio.to_thread(db.resolve_url, settings)
+        served = apps if apps is not None else await asyncio.to_thread(_served_apps, url, settings)
         hub = Hub(max_pending_bytes=settings.subscriber_max_bytes)
         # open(wait=False): the server starts even while the database is down;
         # /ready says 503 until it is back.
@@ -156,6 +178,7 @@ def create_app(
                 "listener": listener,
                 "catalog": Catalog(pool),
                 "metrics": Metrics(hub, listener),
+                "registry": Registry(served),
             }
         finally:
             for sub in list(hub.subscribers):

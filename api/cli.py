@@ -19,9 +19,9 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import psycopg
@@ -32,6 +32,9 @@ from rich.table import Table
 from cdc import db, embedded, tracking
 from cdc.errors import ConfigError, PgtideError
 from cdc.settings import Settings
+
+if TYPE_CHECKING:
+    from cdc.migrate import MigrationReport
 
 log = logging.getLogger("pgtide")
 
@@ -135,17 +138,28 @@ def cli(log_level: str) -> None:
 
 
 @cli.command()
-def migrate() -> None:
-    """Apply pending migrations and the capture functions (idempotent)."""
-    from cdc.migrate import migrate as run_migrations
+@click.option(
+    "--app", "app_refs", multiple=True, metavar="NAME",
+    help="Also install this app: a shipped name (dynapharm), an entry point of group "
+    "pgtide.apps, or module:attr. Repeatable; PGTIDE_APPS adds more.",
+)  # fmt: skip
+def migrate(app_refs: tuple[str, ...]) -> None:
+    """Install or upgrade pgtide in schema pgtide, then the apps (idempotent).
 
-    url = _database_url(_settings())
-    report = run_migrations(url)
+    Nothing outside schema pgtide is created or changed, but by the apps you name.
+    """
+    settings = _settings()
+    url = _database_url(settings)
+    report = _prepare_database(url, no_migrate=False, app_refs=[*app_refs, *settings.apps])
+    if report.adopted_legacy:
+        click.echo("moved pgtide's tables from public into schema pgtide")
     if report.applied:
         click.echo(f"applied {len(report.applied)} migration(s): {', '.join(report.applied)}")
     if report.triggers_applied:
         click.echo("applied schema/triggers.sql")
-    if not report.applied and not report.triggers_applied:
+    for name in report.installed_apps:
+        click.echo(f"installed app {name}")
+    if not (report.applied or report.triggers_applied or report.installed_apps):
         click.echo("database is up to date")
 
 
@@ -166,7 +180,7 @@ def track(tables: tuple[str, ...]) -> None:
 @cli.command()
 @click.argument("tables", nargs=-1, required=True, metavar="TABLE...")
 def untrack(tables: tuple[str, ...]) -> None:
-    """Stop capturing changes to TABLES. Their logged changes stay in sync_log."""
+    """Stop capturing changes to TABLES. Their logged changes stay in pgtide.sync_log."""
     with db.connect(_database_url(_settings())) as conn, conn.transaction():
         was = {table: tracking.untrack(conn, table) for table in tables}
     for table, tracked in was.items():
@@ -236,7 +250,7 @@ def serve(
     """Serve the HTTP API and run the sequencer in this process."""
     settings = _settings()
     url = _database_url(settings)
-    _prepare_database(url, no_migrate)
+    _prepare_database(url, no_migrate, app_refs=settings.apps)
     if insecure_no_auth:
         err.print("WARNING: authentication is OFF (--insecure-no-auth): every request may "
                   "read and write every branch's data.", style="bold red")  # fmt: skip
@@ -255,18 +269,23 @@ def serve(
     _serve(url, settings, host, port, workers)
 
 
-def _prepare_database(url: str, no_migrate: bool) -> None:
+def _prepare_database(url: str, no_migrate: bool, app_refs: Sequence[str] = ()) -> MigrationReport:
+    """Apply pending migrations (the engine's, then the named and installed apps')."""
+    from api.apps import load_apps
+    from cdc.migrate import MigrationReport, installed_apps, pending
     from cdc.migrate import migrate as run_migrations
-    from cdc.migrate import pending
 
+    recorded = [ref for _, ref in installed_apps(url)]
+    installs = [app.install() for app in load_apps([*recorded, *app_refs])]
     if no_migrate:
-        todo = pending(url)
+        todo = pending(url, installs)
         if todo:
             log.warning("not applying pending migrations: %s", ", ".join(todo))
-    else:
-        report = run_migrations(url)
-        if report.applied:
-            log.info("applied migrations: %s", ", ".join(report.applied))
+        return MigrationReport()
+    report = run_migrations(url, installs)
+    if report.applied:
+        log.info("applied migrations: %s", ", ".join(report.applied))
+    return report
 
 
 def _serve(url: str, settings: Settings, host: str | None, port: int | None, workers: int) -> None:
@@ -362,15 +381,19 @@ def demo(host: str | None, port: int | None) -> None:
     Uses the embedded PostgreSQL unless DATABASE_URL is set. The data is loaded
     once; the demo tokens are replaced on every run (only hashes are stored).
     """
-    from cdc import demo as demo_data
+    from api.apps import Registry, load_app, load_apps
+    from api.demo import make_tokens
+    from cdc.migrate import installed_apps
 
     settings = _settings()
     url = _database_url(settings)
-    _prepare_database(url, no_migrate=False)
+    _prepare_database(url, no_migrate=False, app_refs=["dynapharm", *settings.apps])
+    dynapharm = load_app("dynapharm")
+    registry = Registry(load_apps([ref for _, ref in installed_apps(url)]))
     with db.connect(url) as conn:
-        if demo_data.load_data(conn):
+        if dynapharm.demo is not None and dynapharm.demo(conn):
             err.print("loaded the demo data: 4 branches, 600 clients, orders, appointments, stock")
-        made = demo_data.make_tokens(conn, settings.token_pepper)
+        made = make_tokens(conn, settings.token_pepper, registry)
     bind = (settings.host if host is None else host, settings.port if port is None else port)
     base = f"http://{bind[0]}:{bind[1]}"
     out.print("Demo tokens (new on every run; only their hashes are stored):", markup=False)
@@ -400,16 +423,27 @@ def token() -> None:
 @click.option(
     "--scope", "scopes", required=True, help="Comma-separated: read, write, audit, admin."
 )
-@click.option("--branch", default=None, help="Pin the token to one branch id (uuid).")
+@click.option(
+    "--branch", default=None,
+    help="Pin the token to one branch: its tenant value, or what an installed app "
+    "recognises (dynapharm: a branch code such as LIS).",
+)  # fmt: skip
 @click.option("--expires", default=None, help="Lifetime such as 90d, 12h, 2w [default: never].")
 def token_create(name: str, scopes: str, branch: str | None, expires: str | None) -> None:
     """Create a token and print it once (it cannot be shown again)."""
     from cdc import tokens
 
+    from api.apps import Registry, load_apps
+    from cdc.migrate import installed_apps
+
     settings = _settings()
     parsed = tokens.parse_scopes(scopes)
     lifetime = tokens.parse_duration(expires) if expires else None
-    with db.connect(_database_url(settings)) as conn:
+    url = _database_url(settings)
+    with db.connect(url) as conn:
+        if branch is not None:
+            registry = Registry(load_apps([ref for _, ref in installed_apps(url)]))
+            branch = registry.branch_lookup(conn, branch) or branch
         value = tokens.create(
             conn, name=name, scopes=parsed, branch_id=branch, expires_in=lifetime,
             pepper=settings.token_pepper,

@@ -1,6 +1,6 @@
 """`Idempotency-Key` on writes: the first response is remembered and replayed.
 
-The key is claimed (a row in `sync_idempotency`) at the start of the write's
+The key is claimed (a row in `pgtide.sync_idempotency`) at the start of the write's
 transaction and the response stored before it commits, so a key is
 remembered exactly when its write committed; a concurrent request with the
 same key waits on the claim and then replays. A refused write (4xx) rolls

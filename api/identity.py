@@ -1,18 +1,18 @@
 """Who a request writes as, and which branch's rows it may touch.
 
-The actor recorded in sync_log is the token's name when the request came with
+The actor recorded in pgtide.sync_log is the token's name when the request came with
 one (api/auth.py resolved it); only with auth off (`serve --insecure-no-auth`)
 is it taken from the `X-Pgtide-Actor` header. The origin (branch app, device)
 comes from `X-Pgtide-Origin`. A token pinned to a branch reads and writes only
 rows whose `branch_id` is that branch: other rows answer 404, a body naming
 another branch 403, and tables without `branch_id` are readable only when
-listed in `PGTIDE_PINNED_SHARED_TABLES` and never writable.
+listed in `PGTIDE_PINNED_SHARED_TABLES` and never writable. `branch_id` stands for
+the resource's declared tenant column (api/models.py).
 """
 
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
 
 from starlette.requests import Request
 
@@ -52,23 +52,32 @@ def author_of(
     )
 
 
-def branch_pin(request: Request, res: Resource, *, writing: bool) -> UUID | None:
-    """The branch this request is confined to (None: any); 403 where it may not go at all."""
+def branch_pin(request: Request, res: Resource, *, writing: bool) -> Any:
+    """The tenant value this request is confined to (None: any); 403 where it may not go.
+
+    The pin is read as the resource's tenant column's type (uuid, integer, text).
+    """
     principal = _principal(request)
     if principal is None or principal.branch_id is None:
         return None
-    if "branch_id" in res.writable:
-        return UUID(principal.branch_id)
+    if res.tenant is not None:
+        try:
+            return res.parse_tenant(principal.branch_id)
+        except ValueError:
+            raise ApiError(403, f"this token's branch pin is no {res.tenant} of "
+                                f"{res.name}") from None  # fmt: skip
     state: Any = request.state
-    shared = {t.strip() for t in state.settings.pinned_shared_tables.split(",")}
-    if not writing and res.name in shared:
+    if not writing and res.name in state.settings.pinned_shared_tables:
         return None
     what = "written" if writing else "read"
     raise ApiError(403, f"{res.name} cannot be {what} with a branch-pinned token")
 
 
-def confine(values: dict[str, Any], pin: UUID | None) -> None:
-    """403 when a body would put a row in another branch than the token's."""
-    if pin is not None and "branch_id" in values and values["branch_id"] != pin:
-        raise ApiError(403, f"this token writes only rows of branch {pin}; "
-                            f"branch_id {values['branch_id']} is another")  # fmt: skip
+def confine(res: Resource, values: dict[str, Any], pin: Any) -> None:
+    """Fill the tenant column from the pin, or 403 when a body names another tenant."""
+    if pin is None or res.tenant is None:
+        return
+    value = values.setdefault(res.tenant, pin)
+    if value != pin:
+        raise ApiError(403, f"this token writes only rows of {res.tenant} {pin}; "
+                            f"{res.tenant} {value} is another")  # fmt: skip

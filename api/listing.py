@@ -4,7 +4,7 @@ Filters use the stream's syntax (cdc/filters.py parses them): `branch_id=eq.…`
 `status=in.(new,paid)`, `neq lt lte gt gte`, `is.null|true|false`. Values are
 read as the column's kind and bound; identifiers come from the catalog and the
 resource's whitelist only. Pages follow a total order (the requested columns,
-then `id`); the opaque `after` cursor holds the last row's key in that order.
+then the key); the opaque `after` cursor holds the last row's key in that order.
 """
 
 from __future__ import annotations
@@ -59,15 +59,15 @@ class Listing:
         )
 
 
-def plan(res: Resource, table: TableInfo, params: QueryParams, branch: UUID | None) -> Listing:
+def plan(res: Resource, table: TableInfo, params: QueryParams, branch: Any) -> Listing:
     """Check a list request against the resource and its table; FilterError (400) if bad.
 
     `branch` confines the rows to one branch (a pinned token's), whatever the filters say.
     """
     conds: list[sql.Composable] = []
     values: dict[str, Any] = {}
-    if branch is not None:
-        conds.append(sql.SQL("t.branch_id = %(branch)s"))
+    if branch is not None and res.tenant is not None:
+        conds.append(sql.SQL("{} = %(branch)s").format(sql.Identifier("t", res.tenant)))
         values["branch"] = branch
     for n, (column, raw) in enumerate((k, v) for k, v in params.multi_items() if k not in RESERVED):
         if column not in table.columns:
@@ -166,8 +166,8 @@ def _order(res: Resource, value: str | None) -> Order:
         keys.append((column, direction == "desc"))
     if len(keys) > MAX_ORDER_KEYS:
         raise FilterError(f"order takes at most {MAX_ORDER_KEYS} columns")
-    if not any(c == "id" for c, _ in keys):
-        keys.append(("id", False))  # a unique last key makes the order total
+    if not any(c == res.key for c, _ in keys):
+        keys.append((res.key, False))  # a unique last key makes the order total
     return tuple(keys)
 
 

@@ -98,7 +98,7 @@ def _db_metrics(db: dict[str, float]) -> dict[str, tuple[str, float]]:
         "pgtide_unsequenced_changes": "Committed changes not yet sequenced",
         "pgtide_oldest_write_xact_seconds": "Age of the oldest open transaction with an xid",
         "pgtide_notification_queue_usage": "pg_notification_queue_usage()",
-        "pgtide_sync_log_bytes": "Size of sync_log with its indexes",
+        "pgtide_sync_log_bytes": "Size of pgtide.sync_log with its indexes",
         "pgtide_database_up": "The database answered the scrape's query",
     }
     return {k: (docs[k], db[k]) for k in docs if k in db}

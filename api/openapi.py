@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 from typing import Any
+from uuid import UUID
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -16,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from api.listing import DEFAULT_LIMIT, MAX_LIMIT
-from api.models import RESOURCES, Resource
+from api.models import Resource
 from api.push import Mutation, PushRequest
 
 REF = "#/components/schemas/{model}"
@@ -62,8 +63,13 @@ def _envelope(data: dict[str, Any], *, txid: bool) -> dict[str, Any]:
 
 def _resource_paths(res: Resource) -> dict[str, Any]:
     row = _ref(res.read)
-    item_id = {"name": "id", "in": "path", "required": True,
-               "schema": {"type": "string", "format": "uuid"}}  # fmt: skip
+    key_schema: dict[str, Any] = {"type": "string"}
+    if res.key_kind is UUID:
+        key_schema["format"] = "uuid"
+    elif res.key_kind is int:
+        key_schema = {"type": "integer"}
+    item_id = {"name": "id", "in": "path", "required": True, "schema": key_schema,
+               "description": f"the row's {res.key}"}  # fmt: skip
     filters = [
         {"name": column, "in": "query", "required": False,
          "description": "filter: eq.v, neq.v, lt.v, lte.v, gt.v, gte.v, in.(a,b), is.null",
@@ -120,10 +126,10 @@ def _resource_paths(res: Resource) -> dict[str, Any]:
 
 
 @functools.cache
-def document() -> dict[str, Any]:
-    """The OpenAPI document (built once)."""
+def document(resources: tuple[Resource, ...]) -> dict[str, Any]:
+    """The OpenAPI document of the served resources (built once per set)."""
     models: list[type[BaseModel]] = [Mutation, PushRequest]
-    for res in RESOURCES.values():
+    for res in resources:
         models += [res.create, res.patch, res.read]
     _, defs = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     schemas: dict[str, Any] = dict(defs.get("$defs", {}))
@@ -154,7 +160,7 @@ def document() -> dict[str, Any]:
                 "type": "array", "items": {"type": "object"}}}}),
                 **_problems(400, 413, 415, 422)}}},
     }  # fmt: skip
-    for res in RESOURCES.values():
+    for res in resources:
         paths.update(_resource_paths(res))
     return {
         "openapi": "3.1.0",
@@ -174,4 +180,4 @@ def _version() -> str:
 
 async def openapi(request: Request) -> Response:
     """`GET /openapi.json`."""
-    return JSONResponse(document())
+    return JSONResponse(document(tuple(request.state.registry.resources.values())))

@@ -1,7 +1,7 @@
 """`POST /api/sync/push`: an offline client's queued mutations, applied in order.
 
 Each mutation runs in its own transaction, which claims its mutation id in
-`sync_mutations` first: an id applied before is reported `duplicate` and not
+`pgtide.sync_mutations` first: an id applied before is reported `duplicate` and not
 applied again (a concurrent push of the same id waits on the claim, then sees
 it). Each result is `applied` (with the row and txid), `duplicate` (with the
 txid that applied it), `conflict` (with the server's current row, or null when
@@ -11,7 +11,7 @@ mutation never stops the ones after it. Policies (docs/writes.md):
 
 - `version`: an update or delete applies only when `base_version` is the row's version;
 - `lww`: a write applies only when its `client_ts` is later than the row's last write
-  (the last pushed `client_ts`, kept in `sync_clocks`, or the row's `updated_at` when
+  (the last pushed `client_ts`, kept in `pgtide.sync_clocks`, or the row's `updated_at` when
   another writer changed it since); a delete leaves a tombstone, so a late update or
   insert does not bring the row back.
 """
@@ -33,7 +33,7 @@ from api import writes
 from api.bodies import parse, read_body
 from api.errors import RETRYABLE, ApiError, database_error, guarded, invalid, name_check_columns
 from api.identity import author_of, branch_pin, confine
-from api.models import INT_MAX, RESOURCES, Resource, WriteModel
+from api.models import INT_MAX, Resource, WriteModel
 from api.queries import queries
 from cdc.events import dumps
 
@@ -43,15 +43,19 @@ ATTEMPTS = 3
 Result = dict[str, Any]
 
 
+Key = Annotated[str, Field(min_length=1, max_length=1000)]
+
+
 class Mutation(WriteModel):
     """One queued mutation, as the client recorded it."""
 
     mutation_id: Annotated[str, Field(min_length=1, max_length=200)]
     resource: str
     op: Literal["insert", "create", "update", "delete"]  # create: an alias of insert
-    id: UUID | None = None
+    id: UUID | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | Key | None = None
     data: dict[str, Any] | None = None  # ignored for delete
     base_version: Annotated[int, Field(ge=1, le=INT_MAX)] | None = None
+    base_etag: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     client_ts: AwareDatetime | None = None
 
 
@@ -70,9 +74,10 @@ class Planned:
     m: Mutation
     res: Resource
     op: str  # insert | update | delete
-    id: UUID | None
+    id: Any  # the row's key, as the key column's type
     values: dict[str, Any]
-    pin: UUID | None = None  # the branch a pinned token confines it to
+    pin: Any = None  # the tenant a pinned token confines it to
+    tags: list[str] | None = None  # policy version: the ETag the row must have
 
 
 class Rejected(Exception):
@@ -91,15 +96,18 @@ async def push(request: Request) -> Response:
 async def _push(request: Request) -> Response:
     req = parse(PushRequest, await read_body(request))
     sender = author_of(request, origin=req.client_id)  # bad headers: 400 before any write
+    # Mutation ids belong to their sender: the token (the actor it writes as) and the
+    # client within it, so one sender's id never answers for another's.
+    scope = f"{_token_name(request) or ''}/{req.client_id or ''}"
     state: Any = request.state
     results: list[Result] = []
     async with state.pool.connection() as conn:
         for index, raw in enumerate(req.mutations):
             head = {"index": index, "mutation_id": _mutation_id(raw)}
             try:
-                planned = _plan(raw, req.policy)
+                planned = _plan(raw, req.policy, state.registry)
                 pin = branch_pin(request, planned.res, writing=True)
-                confine(planned.values, pin)
+                confine(planned.res, planned.values, pin)
             except (Rejected, ApiError) as exc:
                 errors = exc.errors if isinstance(exc, Rejected) else []
                 results.append({**head, "status": "rejected", "detail": exc.detail,
@@ -107,8 +115,16 @@ async def _push(request: Request) -> Response:
                 continue
             planned = replace(planned, pin=pin)
             author = replace(sender, mutation_id=planned.m.mutation_id)
-            results.append({**head, **await _apply(conn, planned, req, author)})
+            results.append({**head, **await _apply(conn, planned, req, author, scope)})
     return Response(dumps({"results": results}), 200, media_type="application/json")
+
+
+def _token_name(request: Request) -> str | None:
+    principal = getattr(request.state, "principal", None)
+    if principal is None or principal.token_id is None:
+        return None  # auth off: client_id alone names the sender
+    name: str = principal.name
+    return name
 
 
 def _mutation_id(raw: Any) -> str | None:
@@ -116,28 +132,45 @@ def _mutation_id(raw: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _plan(raw: Any, policy: str) -> Planned:
+def _plan(raw: Any, policy: str, registry: Any) -> Planned:
     """Validate one mutation (envelope, resource, data, what the policy needs)."""
     try:
         m = Mutation.model_validate_json(to_json(raw))
     except ValidationError as exc:
         raise Rejected("invalid mutation", invalid(exc)) from None
-    res = RESOURCES.get(m.resource)
+    res: Resource | None = registry.get(m.resource)
     if res is None:
-        raise Rejected(f"unknown resource {m.resource!r}; use one of {', '.join(RESOURCES)}")
+        known = ", ".join(registry.resources)
+        raise Rejected(f"unknown resource {m.resource!r}; use one of {known}")
     op = "insert" if m.op == "create" else m.op
-    if op != "insert" and m.id is None:
+    key = None
+    if m.id is not None:
+        try:
+            key = res.parse_key(str(m.id))
+        except ValueError:
+            errors = [{"field": "id", "message": f"must be a {res.key_kind.__name__} key"}]
+            raise Rejected(f"id is not a key of {res.name}", errors) from None
+    if op != "insert" and key is None:
         raise Rejected(f"{op} needs the row's id")
-    if policy == "version" and op != "insert" and m.base_version is None:
-        raise Rejected(f"policy version: {op} needs base_version")
+    tags = None
+    if policy == "version" and op != "insert":
+        if m.base_etag is not None:
+            tags = [m.base_etag.removeprefix('"').removesuffix('"')]
+        elif m.base_version is not None and res.version is not None:
+            tags = [str(m.base_version)]
+        else:
+            needs = "base_version or base_etag" if res.version else "base_etag (the row's ETag)"
+            raise Rejected(f"policy version: {op} needs {needs}")
     if policy == "lww" and m.client_ts is None:
         raise Rejected("policy lww: every mutation needs client_ts")
     values: dict[str, Any] = {}
     if op != "delete":
         data = dict(m.data or {})
-        if op == "insert" and m.id is not None and data.setdefault("id", str(m.id)) != str(m.id):
-            errors = [{"field": "data.id", "message": "must be the mutation's id"}]
-            raise Rejected("data.id differs from the mutation's id", errors)
+        if op == "insert" and key is not None and res.key in res.create.model_fields:
+            given = data.setdefault(res.key, m.id if isinstance(m.id, int) else str(m.id))
+            if str(given) != str(m.id):
+                errors = [{"field": f"data.{res.key}", "message": "must be the mutation's id"}]
+                raise Rejected(f"data.{res.key} differs from the mutation's id", errors)
         model = res.create if op == "insert" else res.patch
         try:
             body = model.model_validate_json(to_json(data))
@@ -146,12 +179,16 @@ def _plan(raw: Any, policy: str) -> Planned:
             raise Rejected("invalid data: " + "; ".join(
                 f"{e['field']}: {e['message']}" for e in errors[:5]), errors) from None  # fmt: skip
         values = res.columns_of(body)
-    row_id = m.id if m.id is not None else values.get("id")
-    return Planned(m, res, op, row_id, values)
+    row_id = key if key is not None else values.get(res.key)
+    return Planned(m, res, op, row_id, values, tags=tags)
 
 
 async def _apply(
-    conn: psycopg.AsyncConnection[Any], p: Planned, req: PushRequest, author: writes.Author
+    conn: psycopg.AsyncConnection[Any],
+    p: Planned,
+    req: PushRequest,
+    author: writes.Author,
+    sender: str,
 ) -> Result:
     """One mutation in its own transaction (retried on deadlock); its result."""
     for attempt in range(1, ATTEMPTS + 1):
@@ -160,12 +197,14 @@ async def _apply(
             async with conn.transaction():
                 txid = await writes.begin(conn, author)
                 cur = await conn.execute(queries["claim_mutation"], {
-                    "mutation_id": p.m.mutation_id, "client_id": req.client_id,
-                    "resource": p.res.name, "op": p.op, "row_id": p.id,
+                    "sender": sender, "mutation_id": p.m.mutation_id, "client_id": req.client_id,
+                    "resource": p.res.name, "op": p.op,
+                    "row_id": None if p.id is None else str(p.id),
                 })  # fmt: skip
                 if await cur.fetchone() is None:
                     cur = await conn.execute(
-                        queries["applied_mutation"], {"mutation_id": p.m.mutation_id}
+                        queries["applied_mutation"],
+                        {"sender": sender, "mutation_id": p.m.mutation_id},
                     )
                     first = await cur.fetchone()
                     result = {"status": "duplicate", "txid": first[0] if first else None}
@@ -175,11 +214,13 @@ async def _apply(
                 if result["status"] != "applied":
                     raise psycopg.Rollback()  # a conflict leaves no trace, not even the claim
                 result["txid"] = txid
+                stored: writes.Stored = result.pop("stored")
+                result["row"] = stored.row
                 if p.m.client_ts is not None:
-                    row = result["row"]
                     await conn.execute(queries["set_clock"], {
-                        "table": p.res.name, "id": row["id"], "client_ts": p.m.client_ts,
-                        "version": None if p.op == "delete" else row["version"],
+                        "table": p.res.name, "id": str(stored.row[p.res.key]),
+                        "client_ts": p.m.client_ts,
+                        "etag": None if p.op == "delete" else stored.tag,
                     })  # fmt: skip
             return result
         except psycopg.Error as exc:
@@ -196,29 +237,36 @@ async def _apply(
     raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
-def _conflict(row: writes.Row | None, detail: str) -> Result:
-    return {"status": "conflict", "row": row, "detail": detail}
+def _conflict(found: writes.Stored | None, detail: str) -> Result:
+    return {"status": "conflict", "row": None if found is None else found.row, "detail": detail}
+
+
+def _applied(stored: writes.Stored | None) -> Result:
+    assert stored is not None  # an unconditional write of a locked row finds it
+    return {"status": "applied", "stored": stored}
 
 
 async def _by_version(conn: psycopg.AsyncConnection[Any], p: Planned) -> Result:
-    """Policy `version`: an update or delete applies at `base_version` only."""
+    """Policy `version`: an update or delete applies at the base version (or ETag) only."""
     if p.op == "insert":
         current = await writes.fetch(conn, p.res, p.id, p.pin) if p.id is not None else None
         if current is not None:
             return _conflict(current, "a row with this id already exists")
-        return {"status": "applied", "row": await writes.insert(conn, p.res, p.values)}
-    assert p.id is not None and p.m.base_version is not None
+        return _applied(await writes.insert(conn, p.res, p.values))
+    assert p.id is not None and p.tags is not None
     if p.op == "update":
-        row = await writes.update(conn, p.res, p.id, p.values, [p.m.base_version], p.pin)
+        done = await writes.update(conn, p.res, p.id, p.values, p.tags, p.pin)
     else:
-        row = await writes.delete(conn, p.res, p.id, [p.m.base_version], p.pin)
-    if row is not None:
-        return {"status": "applied", "row": row}
+        done = await writes.delete(conn, p.res, p.id, p.tags, p.pin)
+    if done is not None:
+        return _applied(done)
     current = await writes.fetch(conn, p.res, p.id, p.pin)
     if current is None:
         return _conflict(None, "the row does not exist (it may have been deleted)")
-    return _conflict(current, f"base_version {p.m.base_version} is not the row's version "
-                              f"{current['version']}")  # fmt: skip
+    if p.res.version is not None and p.m.base_etag is None:
+        return _conflict(current, f"base_version {p.m.base_version} is not the row's version "
+                                  f"{current.row[p.res.version]}")  # fmt: skip
+    return _conflict(current, f"base_etag {p.tags[0]} is not the row's ETag {current.etag}")
 
 
 async def _lww(conn: psycopg.AsyncConnection[Any], p: Planned) -> Result:
@@ -227,12 +275,14 @@ async def _lww(conn: psycopg.AsyncConnection[Any], p: Planned) -> Result:
     current, last = None, None
     if p.id is not None:
         locked = await writes.lock(conn, p.res, p.id, p.pin)
-        cur = await conn.execute(queries["lock_clock"], {"table": p.res.name, "id": p.id})
+        cur = await conn.execute(
+            queries["lock_clock"], {"table": p.res.name, "id": str(p.id)}
+        )
         clock = await cur.fetchone()
         if locked is not None:
-            current, version, updated_at = locked
+            current, written_at = locked
             # The pushed clock speaks for the row while no one else wrote it since.
-            last = clock[0] if clock is not None and clock[1] == version else updated_at
+            last = clock[0] if clock is not None and clock[1] == current.tag else written_at
         elif clock is not None:
             last = clock[0]  # a tombstone: the row was deleted by a push at that time
     if last is not None and p.m.client_ts <= last:
@@ -241,15 +291,13 @@ async def _lww(conn: psycopg.AsyncConnection[Any], p: Planned) -> Result:
     if p.op == "insert":
         if current is not None:
             return _conflict(current, "a row with this id already exists")
-        return {"status": "applied", "row": await writes.insert(conn, p.res, p.values)}
+        return _applied(await writes.insert(conn, p.res, p.values))
     if current is None:
         return _conflict(None, "the row does not exist (it may have been deleted)")
     assert p.id is not None
     if p.op == "update":
-        row = await writes.update(conn, p.res, p.id, p.values, None, p.pin)
-    else:
-        row = await writes.delete(conn, p.res, p.id, None, p.pin)
-    return {"status": "applied", "row": row}
+        return _applied(await writes.update(conn, p.res, p.id, p.values, None, p.pin))
+    return _applied(await writes.delete(conn, p.res, p.id, None, p.pin))
 
 
 def _iso(moment: datetime) -> str:

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
-from urllib.parse import urlencode
-from uuid import UUID
+from urllib.parse import quote, urlencode
 
 import psycopg
 from psycopg import sql
@@ -26,7 +25,7 @@ from api.errors import RETRYABLE, ApiError, database_error, guarded, name_check_
 from api.idempotency import Reply
 from api.identity import author_of, branch_pin, confine
 from api.listing import cursor, plan
-from api.models import INT_MAX, RESOURCES, Resource
+from api.models import Resource
 from api.openapi import openapi
 from api.push import push
 from api.queries import queries
@@ -45,25 +44,25 @@ def _reply(status: int, data: Any, txid: str | None = None, **headers: str) -> R
     return Reply(status, dumps(body).encode(), headers)
 
 
-def _id(request: Request, res: Resource) -> UUID:
-    """The path's id; anything but a UUID names no row, hence 404."""
+def _id(request: Request, res: Resource) -> Any:
+    """The path's key, as the key column's type; anything else names no row, hence 404."""
     raw = request.path_params["id"]
     try:
-        return UUID(raw)
+        return res.parse_key(raw)
     except ValueError:
         raise writes.missing(res, repr(raw)) from None
 
 
-def _versions(header: str | None) -> list[int] | None:
-    """The versions an If-Match accepts (None: any). Weak or foreign tags match nothing."""
+def _tags(header: str | None) -> list[str] | None:
+    """The ETags an If-Match accepts, unquoted (None: any). Weak tags match nothing."""
     if header is None or header.strip() == "*":
         return None
     out = []
-    for tag in header.split(","):
-        digits = tag.strip().removeprefix('"').removesuffix('"')
-        strong = tag.strip() == f'"{digits}"' and digits.isascii() and digits.isdigit()
-        if strong and int(digits) <= INT_MAX:  # larger is no version of ours
-            out.append(int(digits))
+    for item in header.split(","):
+        tag = item.strip()
+        inner = tag[1:-1]
+        if len(tag) >= 2 and tag[0] == tag[-1] == '"' and '"' not in inner and inner.isascii():
+            out.append(inner)
     return out
 
 
@@ -126,11 +125,11 @@ async def _rows(conn: Conn, query: sql.Composed, params: dict[str, Any]) -> list
 async def list_rows(request: Request, res: Resource) -> Response:
     """`GET /api/<r>`: a page of rows, filtered, searched and ordered; `next` for more."""
     state: Any = request.state
-    table = (await state.catalog.get([res.name])).get(res.name)
-    if table is None:
-        raise ApiError(503, f"{res.name} is not tracked; run `pgtide track {res.name}`")
+    table = (await state.catalog.get([res.table_name])).get(res.table_name)
+    if table is None or table.schema != res.schema_name:
+        raise ApiError(503, f"{res.qualified} is not tracked; run `pgtide track {res.qualified}`")
     listing = plan(res, table, request.query_params, branch_pin(request, res, writing=False))
-    query = listing.query(queries["list_rows"], sql.Identifier("public", res.name))
+    query = listing.query(queries["list_rows"], res.identifier)
     rows = await _read_one(request, lambda conn: _rows(conn, query, listing.params))
     page = rows[: listing.limit]
     next_url = None
@@ -147,16 +146,15 @@ async def get_row(request: Request, res: Resource) -> Response:
     """`GET /api/<r>/<id>`: the row with its ETag; 304 when If-None-Match names it."""
     id = _id(request, res)
     pin = branch_pin(request, res, writing=False)
-    row = await _read_one(request, lambda conn: writes.fetch(conn, res, id, pin))
-    if row is None:
+    found = await _read_one(request, lambda conn: writes.fetch(conn, res, id, pin))
+    if found is None:
         raise writes.missing(res, id)
-    tag = writes.etag(row)
     none_match = request.headers.get("if-none-match")
     if none_match is not None:
-        accepted = _versions(none_match)
-        if accepted is None or row["version"] in accepted:
-            return Response(status_code=304, headers={"ETag": tag})
-    return _reply(200, row, ETag=tag).response()
+        accepted = _tags(none_match)
+        if accepted is None or found.tag in accepted:
+            return Response(status_code=304, headers={"ETag": found.etag})
+    return _reply(200, found.row, ETag=found.etag).response()
 
 
 async def create(request: Request, res: Resource) -> Response:
@@ -166,19 +164,20 @@ async def create(request: Request, res: Resource) -> Response:
     if is_array(raw):
         many = [res.columns_of(body) for body in parse_array(res.create, raw)]
         for values in many:
-            confine(values, pin)
+            confine(res, values, pin)
 
         async def create_many(conn: psycopg.AsyncConnection[Any], txid: str) -> Reply:
-            return _reply(201, await writes.insert_many(conn, res, many), txid)
+            rows = [s.row for s in await writes.insert_many(conn, res, many)]
+            return _reply(201, rows, txid)
 
         return await _write(request, create_many, body=raw)
     one = res.columns_of(parse(res.create, raw))
-    confine(one, pin)
+    confine(res, one, pin)
 
     async def create_one(conn: psycopg.AsyncConnection[Any], txid: str) -> Reply:
-        row = await writes.insert(conn, res, one)
-        location = f"/api/{res.name}/{row['id']}"
-        return _reply(201, row, txid, ETag=writes.etag(row), Location=location)
+        made = await writes.insert(conn, res, one)
+        location = f"/api/{res.name}/{quote(str(made.row[res.key]), safe='')}"
+        return _reply(201, made.row, txid, ETag=made.etag, Location=location)
 
     return await _write(request, create_one, body=raw)
 
@@ -189,17 +188,18 @@ async def _update(request: Request, res: Resource, *, replace: bool) -> Response
     raw = await read_body(request)
     body = parse(res.create if replace else res.patch, raw)
     values = res.columns_of(body)
-    confine(values, pin)
-    if values.pop("id", None) not in (None, id):
-        errors = [{"field": "id", "message": "must be the id in the path (or left out)"}]
-        raise ApiError(422, "invalid id: must be the id in the path (or left out)", errors=errors)
-    versions = _versions(request.headers.get("if-match"))
+    confine(res, values, pin)
+    if values.pop(res.key, None) not in (None, id):
+        message = f"must be the {res.key} in the path (or left out)"
+        errors = [{"field": res.key, "message": message}]
+        raise ApiError(422, f"invalid {res.key}: {message}", errors=errors)
+    tags = _tags(request.headers.get("if-match"))
 
     async def update(conn: psycopg.AsyncConnection[Any], txid: str) -> Reply:
-        row = await writes.update(conn, res, id, values, versions, pin, replace=replace)
-        if row is None:
+        done = await writes.update(conn, res, id, values, tags, pin, replace=replace)
+        if done is None:
             raise await writes.refusal(conn, res, id, pin)
-        return _reply(200, row, txid, ETag=writes.etag(row))
+        return _reply(200, done.row, txid, ETag=done.etag)
 
     return await _write(request, update, body=raw)
 
@@ -218,36 +218,49 @@ async def delete_row(request: Request, res: Resource) -> Response:
     """`DELETE /api/<r>/<id>`: answers with the deleted row and the txid (so not 204)."""
     id = _id(request, res)
     pin = branch_pin(request, res, writing=True)
-    versions = _versions(request.headers.get("if-match"))
+    tags = _tags(request.headers.get("if-match"))
 
     async def delete(conn: psycopg.AsyncConnection[Any], txid: str) -> Reply:
-        row = await writes.delete(conn, res, id, versions, pin)
-        if row is None:
+        gone = await writes.delete(conn, res, id, tags, pin)
+        if gone is None:
             raise await writes.refusal(conn, res, id, pin)
-        return _reply(200, row, txid)
+        return _reply(200, gone.row, txid)
 
     return await _write(request, delete, body=b"", deleting=True)
 
 
-def _endpoint(
-    res: Resource, handlers: Mapping[str, Handler]
-) -> Callable[[Request], Awaitable[Response]]:
+def resource_of(request: Request) -> Resource:
+    """The resource the path names, among the installed apps' (404 otherwise)."""
+    name = request.path_params["resource"]
+    res: Resource | None = request.state.registry.get(name)
+    if res is None:
+        raise ApiError(404, f"no resource {name!r} is served here")
+    return res
+
+
+def _endpoint(handlers: Mapping[str, Handler]) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         method = "GET" if request.method == "HEAD" else request.method  # Starlette adds HEAD
-        return await guarded(lambda: handlers[method](request, res))
+        return await guarded(lambda: handlers[method](request, resource_of(request)))
 
     return endpoint
 
 
+COLLECTION: Mapping[str, Handler] = {"GET": list_rows, "POST": create}
+ITEM: Mapping[str, Handler] = {
+    "GET": get_row, "PUT": replace_row, "PATCH": patch_row, "DELETE": delete_row,
+}  # fmt: skip
+
+
 def resource_routes() -> list[Route]:
-    """The routes of every resource, of `POST /api/sync/push` and of `/openapi.json`."""
-    routes: list[Route] = [
+    """`POST /api/sync/push`, `/openapi.json`, then every resource's routes.
+
+    The resources are the installed apps' (`request.state.registry`), looked up per
+    request: the app is built before the database says which apps are installed.
+    """
+    return [
         Route("/api/sync/push", push, methods=["POST"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/api/{resource}", _endpoint(COLLECTION), methods=[*COLLECTION]),
+        Route("/api/{resource}/{id}", _endpoint(ITEM), methods=[*ITEM]),
     ]
-    for res in RESOURCES.values():
-        collection = {"GET": list_rows, "POST": create}
-        item = {"GET": get_row, "PUT": replace_row, "PATCH": patch_row, "DELETE": delete_row}
-        routes.append(Route(f"/api/{res.name}", _endpoint(res, collection), methods=[*collection]))
-        routes.append(Route(f"/api/{res.name}/{{id}}", _endpoint(res, item), methods=[*item]))
-    return routes

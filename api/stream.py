@@ -52,7 +52,7 @@ async def stream_events(request: Request) -> Response:
             topics=params.get("topics"),
             columns=[(k, v) for k, v in params.multi_items() if k not in RESERVED],
             branch=principal.branch_id,
-            shared_tables=[t for t in settings.pinned_shared_tables.split(",") if t],
+            shared_tables=list(settings.pinned_shared_tables),
         )
         plan = await prepare(
             state.pool,

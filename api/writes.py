@@ -27,7 +27,7 @@ Row = dict[str, Any]
 
 @dataclass(frozen=True)
 class Author:
-    """Who a write is recorded as in sync_log (None: not recorded)."""
+    """Who a write is recorded as in pgtide.sync_log (None: not recorded)."""
 
     actor: str | None
     origin: str | None
@@ -46,48 +46,80 @@ async def begin(conn: psycopg.AsyncConnection[Any], author: Author) -> str:
     return str(row[3])
 
 
-def _table(res: Resource) -> sql.Composable:
-    return sql.Identifier("public", res.name)
+@dataclass(frozen=True)
+class Stored:
+    """A row as stored: its JSON image and its ETag (unquoted)."""
+
+    row: Row
+    tag: str
+
+    @property
+    def etag(self) -> str:
+        """The ETag header's value: the tag, quoted (strong)."""
+        return f'"{self.tag}"'
 
 
-def _format(name: str, res: Resource, branch: UUID | None, **parts: sql.Composable) -> sql.Composed:
-    pin = sql.SQL("AND t.branch_id = %(branch)s") if branch is not None else sql.SQL("")
-    return sql.SQL(queries[name]).format(table=_table(res), pin=pin, **parts)
+def _pin(res: Resource, branch: Any) -> sql.Composable:
+    if branch is None:
+        return sql.SQL("")
+    assert res.tenant is not None  # identity.branch_pin pins only resources with a tenant
+    return sql.SQL("AND {} = %(branch)s").format(sql.Identifier("t", res.tenant))
+
+
+def _format(name: str, res: Resource, branch: Any, **parts: sql.Composable) -> sql.Composed:
+    return sql.SQL(queries[name]).format(
+        table=res.identifier, key=sql.Identifier(res.key), etag=res.etag_sql(),
+        pin=_pin(res, branch), **parts,
+    )  # fmt: skip
 
 
 async def _one(
     conn: psycopg.AsyncConnection[Any], query: sql.Composed, params: dict[str, Any]
-) -> Row | None:
+) -> Stored | None:
     cur = await conn.execute(query, params)
     row = await cur.fetchone()
-    return None if row is None else dict(row[0])
+    return None if row is None else Stored(dict(row[0]), row[1])
 
 
 async def fetch(
-    conn: psycopg.AsyncConnection[Any], res: Resource, id: UUID, branch: UUID | None
-) -> Row | None:
-    """The row `id` of `res` as its JSON image, or None."""
+    conn: psycopg.AsyncConnection[Any], res: Resource, id: Any, branch: Any
+) -> Stored | None:
+    """The row `id` of `res` with its ETag, or None."""
     return await _one(conn, _format("select_row", res, branch), {"id": id, "branch": branch})
 
 
+def _written(res: Resource) -> sql.Composable:
+    """When a row was last written: its updated_at, or the log's last change of it."""
+    if "updated_at" in res.server_set:
+        return sql.Identifier("t", "updated_at")
+    return sql.SQL(queries["last_logged_at"]).format(key=sql.Identifier(res.key))
+
+
 async def lock(
-    conn: psycopg.AsyncConnection[Any], res: Resource, id: UUID, branch: UUID | None
-) -> tuple[Row, int, Any] | None:
-    """The row locked until the transaction ends, with its version and updated_at."""
-    cur = await conn.execute(_format("lock_row", res, branch), {"id": id, "branch": branch})
+    conn: psycopg.AsyncConnection[Any], res: Resource, id: Any, branch: Any
+) -> tuple[Stored, Any] | None:
+    """The row locked until the transaction ends, with when it was last written."""
+    query = _format("lock_row", res, branch, written=_written(res))
+    params = {"id": id, "branch": branch, "table_name": res.table_name,
+              "schema_name": res.schema_name, "key_name": res.key}  # fmt: skip
+    cur = await conn.execute(query, params)
     row = await cur.fetchone()
-    return None if row is None else (dict(row[0]), row[1], row[2])
+    return None if row is None else (Stored(dict(row[0]), row[1]), row[2])
 
 
 def _insert(res: Resource, columns: tuple[str, ...]) -> sql.Composed:
+    if not columns:  # every column takes its default
+        template = queries["insert_row"].replace("({columns}) VALUES ({values})", "DEFAULT VALUES")
+        return sql.SQL(template).format(table=res.identifier, etag=res.etag_sql())
     return sql.SQL(queries["insert_row"]).format(
-        table=_table(res),
+        table=res.identifier,
+        etag=res.etag_sql(),
         columns=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
         values=sql.SQL(", ").join(sql.Placeholder(f"c_{c}") for c in columns),
     )
 
 
-async def insert(conn: psycopg.AsyncConnection[Any], res: Resource, values: Row) -> Row:
+async def insert(conn: psycopg.AsyncConnection[Any], res: Resource, values: Row) -> Stored:
     """Insert one row (`values` by column; the table's defaults fill the rest)."""
     row = await _one(conn, _insert(res, tuple(values)), {f"c_{c}": v for c, v in values.items()})
     assert row is not None  # INSERT ... RETURNING returns the row or raises
@@ -104,7 +136,7 @@ class RowFailed(Exception):
 
 async def insert_many(
     conn: psycopg.AsyncConnection[Any], res: Resource, rows: list[Row]
-) -> list[Row]:
+) -> list[Stored]:
     """Insert rows in order, in the caller's transaction; RowFailed names a refused one.
 
     The inserts are pipelined (one round trip, not one per row). A pipeline does
@@ -124,7 +156,7 @@ async def insert_many(
             for cur in cursors:
                 row = await cur.fetchone()
                 assert row is not None
-                out.append(dict(row[0]))
+                out.append(Stored(dict(row[0]), row[1]))
             return out
     except (psycopg.IntegrityError, psycopg.DataError):
         pass  # some row was refused: find which
@@ -141,18 +173,18 @@ async def insert_many(
 async def update(
     conn: psycopg.AsyncConnection[Any],
     res: Resource,
-    id: UUID,
+    id: Any,
     values: Row,
-    versions: list[int] | None,
-    branch: UUID | None,
+    tags: list[str] | None,
+    branch: Any,
     *,
     replace: bool = False,
-) -> Row | None:
-    """Set `values` on row `id` if its version is in `versions` (None: any).
+) -> Stored | None:
+    """Set `values` on row `id` if its ETag is in `tags` (None: any).
 
     `replace` (PUT) sets every writable column the values leave out to its
     default. An update that changes nothing still locks and checks the row,
-    but the table keeps its version and sync_log gets no entry.
+    but the table keeps its version and pgtide.sync_log gets no entry.
     """
     sets: list[sql.Composable] = [
         sql.SQL("{} = {}").format(sql.Identifier(c), sql.Placeholder(f"c_{c}")) for c in values
@@ -161,44 +193,38 @@ async def update(
         sets += [sql.SQL("{} = DEFAULT").format(sql.Identifier(c))
                  for c in res.writable if c not in values]  # fmt: skip
     if not sets:  # an empty PATCH: lock and check the row, change nothing
-        sets = [sql.SQL("id = t.id")]
+        sets = [sql.SQL("{} = t.{}").format(sql.Identifier(res.key), sql.Identifier(res.key))]
     query = _format("update_row", res, branch, assignments=sql.SQL(", ").join(sets))
     params = {f"c_{c}": v for c, v in values.items()}
-    return await _one(conn, query, {**params, "id": id, "versions": versions, "branch": branch})
+    return await _one(conn, query, {**params, "id": id, "tags": tags, "branch": branch})
 
 
 async def delete(
     conn: psycopg.AsyncConnection[Any],
     res: Resource,
-    id: UUID,
-    versions: list[int] | None,
-    branch: UUID | None,
-) -> Row | None:
-    """Delete row `id` if its version is in `versions` (None: any); the deleted row."""
-    params = {"id": id, "versions": versions, "branch": branch}
+    id: Any,
+    tags: list[str] | None,
+    branch: Any,
+) -> Stored | None:
+    """Delete row `id` if its ETag is in `tags` (None: any); the deleted row."""
+    params = {"id": id, "tags": tags, "branch": branch}
     return await _one(conn, _format("delete_row", res, branch), params)
 
 
-async def refusal(
-    conn: psycopg.AsyncConnection[Any], res: Resource, id: UUID, branch: UUID | None
-) -> ApiError:
-    """Why a conditional write matched nothing: 404 (no such row) or 412 (stale version)."""
+async def refusal(conn: psycopg.AsyncConnection[Any], res: Resource, id: Any, branch: Any) -> ApiError:
+    """Why a conditional write matched nothing: 404 (no such row) or 412 (stale ETag)."""
     current = await fetch(conn, res, id, branch)
     if current is None:
         return missing(res, id)
+    now = f"is at version {current.row[res.version]}" if res.version else "has changed"
     return ApiError(
         412,
-        f"{res.name} {id} is at version {current['version']}, not the one If-Match names",
-        headers={"ETag": etag(current)},
-        current=current,
+        f"{res.name} {id} {now}, not the one If-Match names",
+        headers={"ETag": current.etag},
+        current=current.row,
     )
 
 
-def missing(res: Resource, id: UUID | str) -> ApiError:
+def missing(res: Resource, id: Any) -> ApiError:
     """The 404 for a row that does not exist (or no longer does)."""
-    return ApiError(404, f"no {res.name} row with id {id}")
-
-
-def etag(row: Row) -> str:
-    """The strong ETag of a row: its version, quoted."""
-    return f'"{row["version"]}"'
+    return ApiError(404, f"no {res.name} row with {res.key} {id}")

@@ -2,7 +2,7 @@
 
 pgbench runs concurrent single-row INSERT and UPDATE transactions against three
 tables of the same shape: plain (untracked), tracked by pgtide (capture trigger
-and sync_log, with `pgtide serve` running: its sequencer and listener busy
+and pgtide.sync_log, with `pgtide serve` running: its sequencer and listener busy
 with the very writes being measured) and naive (a trigger that NOTIFYs the row
 on every transaction, consumed by a LISTEN client). The variants run
 interleaved, in rotating order, so drift on this shared machine hits all of
@@ -126,7 +126,7 @@ def run(ctx: Ctx) -> Result:
             # Phase 2, the ceiling capture itself allows: no sequencer, and the doorbell
             # flag held at 0 (as while a sequencer is busy) so that writers do not NOTIFY.
             with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("SELECT setval('sync_doorbell', 0, true)")
+                conn.execute("SELECT setval('pgtide.sync_doorbell', 0, true)")
             _phase(ctx, url, cells, ["plain", "ceiling"], seconds, tid, tps, suffix="2")
         ctx.done(tid)
 
@@ -159,7 +159,7 @@ def run(ctx: Ctx) -> Result:
                     f"{op} x{clients} clients: capture, no sequencer", median(ceiling), "tps",
                     baseline=median(plain2), baseline_label="plain table",
                     spread=spread(ceiling, "{:.0f}"), baseline_spread=spread(plain2, "{:.0f}"),
-                    note="ceiling: trigger + sync_log, no sequencer, doorbell flag 0",
+                    note="ceiling: trigger + pgtide.sync_log, no sequencer, doorbell flag 0",
                 )
             )  # fmt: skip
     return res

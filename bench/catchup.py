@@ -32,7 +32,7 @@ SELECT o.seq, json_build_object(
     'schema', l.schema_name, 'table', l.table_name, 'op', l.op, 'pk', l.pk, 'row', l.new_row,
     'old', l.old_row, 'changed', l.changed, 'actor', l.actor, 'origin', l.origin,
     'mutation_id', l.mutation_id)::text
-  FROM sync_order o JOIN sync_log l ON l.id = o.log_id
+  FROM pgtide.sync_order o JOIN pgtide.sync_log l ON l.id = o.log_id
  WHERE o.seq > %(after)s ORDER BY o.seq LIMIT %(limit)s
 """
 
@@ -41,7 +41,7 @@ SELECT o.seq, json_build_object(
 SCAN_ONLY = """
 SELECT o.seq, l.id, l.txid::text, l.at::text, l.table_name, l.op, l.pk::text, l.new_row::text,
        l.old_row::text
-  FROM sync_order o JOIN sync_log l ON l.id = o.log_id
+  FROM pgtide.sync_order o JOIN pgtide.sync_log l ON l.id = o.log_id
  WHERE o.seq > %(after)s ORDER BY o.seq LIMIT %(limit)s
 """
 
@@ -124,8 +124,8 @@ def run(ctx: Ctx) -> Result:
             rss_after_seq = server.rss_mib()
             ctx.advance(tid)
             with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("VACUUM ANALYZE sync_log")
-                conn.execute("VACUUM ANALYZE sync_order")
+                conn.execute("VACUUM ANALYZE pgtide.sync_log")
+                conn.execute("VACUUM ANALYZE pgtide.sync_order")
             http: list[dict[str, Any]] = []
             raw: list[float] = []
             sqljson: list[float] = []

@@ -104,7 +104,7 @@ class Target:
 
         The template's log is warmed: 5,000 changes logged, sequenced, then VACUUM
         ANALYZE, as autovacuum does within a minute of a real deployment's first
-        writes. Without statistics on sync_log the sequencer's discovery scans the
+        writes. Without statistics on pgtide.sync_log the sequencer's discovery scans the
         whole log on every pass (docs/benchmarks.md, "The sequencer on a new
         database"); the benchmarks measure the steady state.
         """
@@ -188,8 +188,8 @@ def warm_log(url: str, rows: int = WARM_ROWS) -> None:
 
     asyncio.run(asyncio.wait_for(sequence_all(), 300))
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("VACUUM ANALYZE sync_log")
-        conn.execute("VACUUM ANALYZE sync_order")
+        conn.execute("VACUUM ANALYZE pgtide.sync_log")
+        conn.execute("VACUUM ANALYZE pgtide.sync_order")
 
 
 def _wheel_pgbench() -> str | None:
@@ -365,10 +365,10 @@ def wait_until(cond: Callable[[], bool], timeout: float, step: float = 0.05) -> 
 
 
 def sequenced(url: str) -> tuple[int, int]:
-    """(rows in sync_log, last seq handed out)."""
+    """(rows in pgtide.sync_log, last seq handed out)."""
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT (SELECT count(*) FROM sync_log), (SELECT last_seq FROM sync_sequencer)"
+            "SELECT (SELECT count(*) FROM pgtide.sync_log), (SELECT last_seq FROM pgtide.sync_sequencer)"
         ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])

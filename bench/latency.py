@@ -4,7 +4,7 @@ Writer processes run single-row INSERT transactions on a fixed schedule and take
 the monotonic time when COMMIT returns; SSE subscribers (raw asyncio sockets in
 a few processes) take the time each event's bytes arrive. CLOCK_MONOTONIC is
 one clock for all processes of the machine, so latency = arrival - commit.
-Each event's seq is mapped back to the row id it carries through sync_order.
+Each event's seq is mapped back to the row id it carries through pgtide.sync_order.
 
 Baseline: the same writes into a table whose trigger NOTIFYs every
 transaction, received by one bare psycopg LISTEN client (the floor a direct
@@ -53,8 +53,8 @@ class Lat:
 def seq_to_id(url: str, table: str, after: int) -> dict[int, int]:
     with psycopg.connect(url, autocommit=True) as conn:
         cur = conn.execute(
-            "SELECT o.seq, (l.pk->>'id')::bigint FROM sync_order o "
-            "JOIN sync_log l ON l.id = o.log_id WHERE o.seq > %s AND l.table_name = %s",
+            "SELECT o.seq, (l.pk->>'id')::bigint FROM pgtide.sync_order o "
+            "JOIN pgtide.sync_log l ON l.id = o.log_id WHERE o.seq > %s AND l.table_name = %s",
             (after, table),
         )
         return {int(s): int(i) for s, i in cur.fetchall()}

@@ -1,6 +1,6 @@
 """8. The sequencer on a new database (a diagnostic, thorough mode only).
 
-The sequencer's discovery selects `sync_log` rows by `txid >= next_xid OR txid
+The sequencer's discovery selects `pgtide.sync_log` rows by `txid >= next_xid OR txid
 = ANY(open_xids)`. On a table PostgreSQL has never analyzed, the planner takes
 the default selectivity for `>=` (a third of the table) and scans the whole
 log on every pass, so a new deployment's sequencer slows down as its log grows,
@@ -33,8 +33,8 @@ INSERT = "INSERT INTO b_seq (v, note) VALUES (%s, 'seq') RETURNING id"
 
 def _forget_statistics(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DELETE FROM pg_statistic WHERE starelid = 'sync_log'::regclass")
-        conn.execute("UPDATE pg_class SET reltuples = -1 WHERE oid = 'sync_log'::regclass")
+        conn.execute("DELETE FROM pg_statistic WHERE starelid = 'pgtide.sync_log'::regclass")
+        conn.execute("UPDATE pg_class SET reltuples = -1 WHERE oid = 'pgtide.sync_log'::regclass")
 
 
 async def _measure(url: str) -> tuple[float, float]:
@@ -130,7 +130,7 @@ def run(ctx: Ctx) -> Result:
                     _forget_statistics(urls[db])
                 else:
                     with psycopg.connect(urls[db], autocommit=True) as conn:
-                        conn.execute("ANALYZE sync_log")
+                        conn.execute("ANALYZE pgtide.sync_log")
                 got[label].append(asyncio.run(_measure(urls[db])))
                 ctx.advance(tid)
             if unsealed != sealed:
@@ -154,7 +154,7 @@ def run(ctx: Ctx) -> Result:
             b = [x[k] for x in base]
             res.rows.append(
                 Row(
-                    f"{what}, sync_log {label}", median(ours), "µs", baseline=median(b),
+                    f"{what}, pgtide.sync_log {label}", median(ours), "µs", baseline=median(b),
                     baseline_label="application-like", spread=spread(ours, "{:,.0f}"),
                     baseline_spread=spread(b, "{:,.0f}"),
                 )
@@ -172,8 +172,8 @@ def run(ctx: Ctx) -> Result:
         )  # fmt: skip
     res.notes.append(
         "Proposal (cdc/sequencer.py, cdc/queries.sql, schema): make the sequencer's plans "
-        "independent of sync_log's statistics, e.g. ANALYZE sync_log when the leader starts "
-        "and finds none, plus `ALTER TABLE sync_log ALTER COLUMN txid SET (n_distinct = "
+        "independent of pgtide.sync_log's statistics, e.g. ANALYZE pgtide.sync_log when the leader starts "
+        "and finds none, plus `ALTER TABLE pgtide.sync_log ALTER COLUMN txid SET (n_distinct = "
         "-0.2)` so that a bulk load does not turn every pass into full scans."
     )
     return res

@@ -147,7 +147,7 @@ def _check(
         rows = conn.execute(
             "SELECT o.seq, l.table_name, l.txid::text::bigint, "
             "(l.new_row->>'grp')::int, (l.old_row->>'grp')::int, l.op "
-            "FROM sync_order o JOIN sync_log l ON l.id = o.log_id ORDER BY o.seq"
+            "FROM pgtide.sync_order o JOIN pgtide.sync_log l ON l.id = o.log_id ORDER BY o.seq"
         ).fetchall()
     head = rows[-1][0] if rows else 0
     txid_of = {seq: txid for seq, _, txid, _, _, _ in rows}

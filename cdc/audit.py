@@ -1,6 +1,6 @@
 """Audit reads: the sync-log listing with its filters, and one row's history. No HTTP.
 
-The listing reads sequenced changes (`sync_order` joined to `sync_log`) in seq
+The listing reads sequenced changes (`pgtide.sync_order` joined to `pgtide.sync_log`) in seq
 order; its parameters are checked by the pure `cdc/logquery.py`. Time filters
 are first turned into a seq range through the seals (`seq_floor`,
 `seq_ceiling`), so a walk in seq order starts and stops near the asked-for

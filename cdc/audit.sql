@@ -8,8 +8,8 @@
 -- Sequenced changes in (lo, hi) matching the filters, in seq order ({direction}).
 SELECT o.seq, l.id, l.txid::text AS txid, l.at, l.schema_name, l.table_name, l.op, l.pk,
        l.new_row, l.old_row, l.changed, l.actor, l.origin, l.mutation_id, l.db_role
-  FROM sync_order o
-  JOIN sync_log l ON l.id = o.log_id
+  FROM pgtide.sync_order o
+  JOIN pgtide.sync_log l ON l.id = o.log_id
  WHERE o.seq > %(lo)s::bigint AND o.seq < %(hi)s::bigint
    AND (%(tables)s::text[] IS NULL OR l.table_name = ANY (%(tables)s::text[]))
    AND (%(ops)s::text[] IS NULL OR l.op = ANY (%(ops)s::text[]))
@@ -32,7 +32,7 @@ SET LOCAL max_parallel_workers_per_gather = 0;
 -- name: seq_floor
 -- Every change at or after a time is above this seq: seals only grow in sealed_at, and
 -- each row's `at` is at most its seal's sealed_at. NULL: no seal that late.
-SELECT first_seq - 1 FROM sync_seal
+SELECT first_seq - 1 FROM pgtide.sync_seal
  WHERE sealed_at >= %(at)s::timestamptz
  ORDER BY sealed_at, seal_no
  LIMIT 1;
@@ -41,10 +41,10 @@ SELECT first_seq - 1 FROM sync_seal
 -- Every change before a time is below this seq: in a seal sealed before it, or in one
 -- whose span [min_at, sealed_at] contains it (a transaction open across that time).
 SELECT coalesce(greatest(
-           (SELECT last_seq FROM sync_seal
+           (SELECT last_seq FROM pgtide.sync_seal
              WHERE sealed_at < %(at)s::timestamptz
              ORDER BY sealed_at DESC, seal_no DESC LIMIT 1),
-           (SELECT max(last_seq) FROM sync_seal
+           (SELECT max(last_seq) FROM pgtide.sync_seal
              WHERE tstzrange(min_at, sealed_at, '[]') @> %(at)s::timestamptz)), 0) + 1;
 
 -- name: history
@@ -52,7 +52,7 @@ SELECT coalesce(greatest(
 -- its first change (the caller keeps those that found the row present).
 WITH mine AS (
     SELECT o.seq, l.*
-      FROM sync_log l JOIN sync_order o ON o.log_id = l.id
+      FROM pgtide.sync_log l JOIN pgtide.sync_order o ON o.log_id = l.id
      WHERE l.table_name = %(table)s AND l.pk = %(pk)s::jsonb
 )
 SELECT seq, id, txid::text AS txid, at, schema_name, table_name, op, pk,
@@ -61,7 +61,7 @@ SELECT seq, id, txid::text AS txid, at, schema_name, table_name, op, pk,
 UNION ALL
 SELECT o.seq, l.id, l.txid::text, l.at, l.schema_name, l.table_name, l.op, l.pk,
        l.new_row, l.old_row, l.changed, l.actor, l.origin, l.mutation_id, l.db_role
-  FROM sync_log l JOIN sync_order o ON o.log_id = l.id
+  FROM pgtide.sync_log l JOIN pgtide.sync_order o ON o.log_id = l.id
  WHERE l.table_name = %(table)s AND l.op = 'TRUNCATE'
    AND o.seq > (SELECT min(seq) FROM mine)
  ORDER BY seq;
@@ -72,7 +72,7 @@ SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;
 
 -- name: removed_through
 -- How far retention has removed (0: never ran).
-SELECT coalesce(max(removed_through), 0) FROM sync_retention;
+SELECT coalesce(max(removed_through), 0) FROM pgtide.sync_retention;
 
 -- name: verify_seals
 -- Each seal with what its rows hash to now: the chained hash over the current rows'
@@ -80,7 +80,7 @@ SELECT coalesce(max(removed_through), 0) FROM sync_retention;
 -- Seals wholly removed by retention come without the recomputed part.
 SELECT s.seal_no, s.first_seq, s.last_seq, s.hash, s.prev_hash, s.digests,
        r.n, r.hash AS now_hash, r.prefixes AS now_prefixes
-  FROM sync_seal s
+  FROM pgtide.sync_seal s
   LEFT JOIN LATERAL (
       SELECT count(*) AS n,
              sha256(s.prev_hash || coalesce(string_agg(x.d, ''::bytea ORDER BY x.seq), ''::bytea))
@@ -88,24 +88,24 @@ SELECT s.seal_no, s.first_seq, s.last_seq, s.hash, s.prev_hash, s.digests,
              coalesce(string_agg(substr(x.d, 1, 8), ''::bytea ORDER BY x.seq), ''::bytea)
                  AS prefixes
         FROM (SELECT o.seq, pgtide.log_digest_v1(o.seq, l) AS d
-                FROM sync_order o JOIN sync_log l ON l.id = o.log_id
+                FROM pgtide.sync_order o JOIN pgtide.sync_log l ON l.id = o.log_id
                WHERE o.seq BETWEEN s.first_seq AND s.last_seq) AS x
   ) AS r ON s.last_seq > %(removed_through)s::bigint
  ORDER BY s.seal_no;
 
 -- name: verify_rows
--- The rows of a seq range as they are now: every sync_order row (with its digest, NULL
--- when its sync_log row is gone) and every sync_log row it should point at.
+-- The rows of a seq range as they are now: every pgtide.sync_order row (with its digest, NULL
+-- when its pgtide.sync_log row is gone) and every pgtide.sync_log row it should point at.
 SELECT o.seq, o.log_id, CASE WHEN l.id IS NULL THEN NULL
                              ELSE pgtide.log_digest_v1(o.seq, l) END AS digest
-  FROM sync_order o LEFT JOIN sync_log l ON l.id = o.log_id
+  FROM pgtide.sync_order o LEFT JOIN pgtide.sync_log l ON l.id = o.log_id
  WHERE o.seq BETWEEN %(first)s::bigint AND %(last)s::bigint
  ORDER BY o.seq;
 
 -- name: verify_unsealed
--- sync_order rows no seal covers: above the last seal, or below the first seq.
-SELECT o.seq, o.log_id FROM sync_order o
- WHERE o.seq > (SELECT max(last_seq) FROM sync_seal) OR o.seq < 1
+-- pgtide.sync_order rows no seal covers: above the last seal, or below the first seq.
+SELECT o.seq, o.log_id FROM pgtide.sync_order o
+ WHERE o.seq > (SELECT max(last_seq) FROM pgtide.sync_seal) OR o.seq < 1
  ORDER BY o.seq
  LIMIT %(limit)s;
 
@@ -122,17 +122,17 @@ SELECT pg_advisory_unlock(%(key)s::bigint);
 -- remove: the end of the last whole seal, from the first retained one on, whose rows are
 -- all older than the cutoff. Unsequenced rows are in no seal, so they are never reached.
 WITH c AS (SELECT now() - %(keep)s::interval AS cutoff),
-     r AS (SELECT coalesce(max(removed_through), 0) AS through FROM sync_retention)
+     r AS (SELECT coalesce(max(removed_through), 0) AS through FROM pgtide.sync_retention)
 SELECT c.cutoff, r.through,
-       coalesce((SELECT s.first_seq - 1 FROM sync_seal s
+       coalesce((SELECT s.first_seq - 1 FROM pgtide.sync_seal s
                   WHERE s.last_seq > r.through AND s.max_at >= c.cutoff
                   ORDER BY s.last_seq LIMIT 1),
-                (SELECT max(last_seq) FROM sync_seal)) AS target
+                (SELECT max(last_seq) FROM pgtide.sync_seal)) AS target
   FROM c, r;
 
 -- name: retention_start
 -- Record a run before its first batch.
-INSERT INTO sync_retention (keep_interval, cutoff, removed_through)
+INSERT INTO pgtide.sync_retention (keep_interval, cutoff, removed_through)
 VALUES (%(keep)s::interval, %(cutoff)s, %(through)s)
 RETURNING run_id;
 
@@ -141,16 +141,16 @@ RETURNING run_id;
 SELECT set_config('pgtide.retention', 'on', true);
 
 -- name: retention_batch
--- Remove the sequenced changes in (from, to] from sync_order and sync_log, and move the
+-- Remove the sequenced changes in (from, to] from pgtide.sync_order and pgtide.sync_log, and move the
 -- run's record in the same transaction.
 WITH o AS (
-    DELETE FROM sync_order WHERE seq > %(from)s::bigint AND seq <= %(to)s::bigint
+    DELETE FROM pgtide.sync_order WHERE seq > %(from)s::bigint AND seq <= %(to)s::bigint
     RETURNING log_id
 ), l AS (
-    DELETE FROM sync_log WHERE id IN (SELECT log_id FROM o)
+    DELETE FROM pgtide.sync_log WHERE id IN (SELECT log_id FROM o)
     RETURNING 1
 )
-UPDATE sync_retention
+UPDATE pgtide.sync_retention
    SET removed_through = %(to)s::bigint,
        removed_rows = removed_rows + (SELECT count(*) FROM l),
        updated_at = now()
@@ -160,7 +160,7 @@ RETURNING removed_rows;
 -- name: key_columns
 -- A tracked table's key columns, in key order, with their types (first schema by name).
 SELECT t.schema_name, a.attname::text, ty.typname::text, ty.typcategory::text
-  FROM sync_tracked t
+  FROM pgtide.sync_tracked t
   JOIN pg_namespace n ON n.nspname = t.schema_name
   JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name
   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = ANY (t.pk_columns)

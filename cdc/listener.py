@@ -1,7 +1,7 @@
 """The listener: one per process, it keeps the hub fed with sequenced changes.
 
 It runs a sequencer, which leads if it wins the leader lock; the leader's
-committed batches go straight to the hub. It also follows `sync_order` on its
+committed batches go straight to the hub. It also follows `pgtide.sync_order` on its
 own autocommit connection (LISTEN first, then read from the hub's position),
 woken by the sequencer's per-batch NOTIFY, with a safety poll. Following
 covers every process that does not lead, and fills any gap in the leader's

@@ -16,7 +16,7 @@ from cdc.queries import queries
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One sequenced change: a `sync_log` row with its `seq`."""
+    """One sequenced change: a `pgtide.sync_log` row with its `seq`."""
 
     seq: int
     id: int

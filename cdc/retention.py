@@ -6,8 +6,8 @@ database's clock): seals bound their rows' `at`, so no newer change is ever
 removed, and unsequenced changes (in no seal) are never reached. Each batch is
 its own transaction: it lifts the append-only guard for itself
 (`pgtide.retention = on`, transaction-local), deletes up to `batch` seqs from
-sync_order and their sync_log rows, and moves the run's record in
-sync_retention, and NOTIFYs `pgtide_retention` with the seq the log now
+pgtide.sync_order and their pgtide.sync_log rows, and moves the run's record in
+pgtide.sync_retention, and NOTIFYs `pgtide_retention` with the seq the log now
 starts after. A crash loses at most the batch in flight; the next run goes on
 from the record. The seals of removed ranges stay (cdc/seal.py).
 

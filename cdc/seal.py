@@ -18,12 +18,12 @@ seal together, so a snapshot never sees one without the other):
    and the digest prefixes over the current rows; a seal that differs is read
    row by row and compared with its stored prefixes, which names the row that
    was changed, removed or put in another's place. Retention removes whole
-   ranges from the start (recorded in sync_retention); those seals keep only the
+   ranges from the start (recorded in pgtide.sync_retention); those seals keep only the
    chain check, and a seal cut by retention is checked on the rows it has left;
 3. rows no seal covers (above the last seal) were inserted afterwards: the
    sequencer never commits a row without its seal.
 
-Anyone who can rewrite sync_seal can forge a consistent chain; the head hash
+Anyone who can rewrite pgtide.sync_seal can forge a consistent chain; the head hash
 printed here is what to record elsewhere (docs/audit.md).
 """
 
@@ -98,11 +98,11 @@ def _row_problems(
                                f"seq {seq} was removed after seal {seal_no}"))  # fmt: skip
         elif row[2] is None:
             report.add(Problem("removed", seq, seal_no, int(row[1]),
-                               f"seq {seq}: its sync_log row (id {row[1]}) was removed "
+                               f"seq {seq}: its pgtide.sync_log row (id {row[1]}) was removed "
                                f"after seal {seal_no}"))  # fmt: skip
         elif bytes(row[2])[:PREFIX] != want:
             report.add(Problem("changed", seq, seal_no, int(row[1]),
-                               f"seq {seq} (sync_log id {row[1]}) was changed "
+                               f"seq {seq} (pgtide.sync_log id {row[1]}) was changed "
                                f"after seal {seal_no}"))  # fmt: skip
 
 
@@ -118,7 +118,7 @@ def verify(conn: psycopg.Connection[Any]) -> Report:
             audit_queries["verify_unsealed"], {"limit": MAX_PROBLEMS}
         ).fetchall():
             report.add(Problem("inserted", int(seq), None, int(log_id),
-                               f"seq {seq} (sync_log id {log_id}) is covered by no seal: "
+                               f"seq {seq} (pgtide.sync_log id {log_id}) is covered by no seal: "
                                "inserted after sealing"))  # fmt: skip
     report.problems.sort(key=lambda p: (p.seq is None, p.seq or 0))
     return report

@@ -2,12 +2,12 @@
 
 See DESIGN.md, sections Ordering and Doorbell. One leader per database (a session
 advisory lock on the sequencer's own connection). Each pass reads, in one
-statement and so one snapshot, the committed `sync_log` rows whose txid is
+statement and so one snapshot, the committed `pgtide.sync_log` rows whose txid is
 `>= next_xid` or still in `open_xids`, orders their transactions by largest
-log id, and appends `(seq, log_id)` to `sync_order` together with the new
+log id, and appends `(seq, log_id)` to `pgtide.sync_order` together with the new
 state `(xmax, xip + leftovers, last_seq)` in one commit.
 
-Doorbell states (the flag is the `sync_doorbell` sequence):
+Doorbell states (the flag is the `pgtide.sync_doorbell` sequence):
 
     ASLEEP   flag 1: writers NOTIFY; wait for a ring or the safety poll
     BUSY     flag 0: poll every poll_min_ms, doubling on empty passes

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import AliasChoices, BeforeValidator, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cdc.timespec import parse_duration
 
@@ -17,6 +17,16 @@ def _duration(value: Any) -> Any:
     if isinstance(value, str):
         return parse_duration(value) if value.strip() else None
     return value
+
+
+def _names(value: Any) -> Any:
+    """Comma-separated names (`a, b`) as a tuple, blanks dropped: parsed once, here."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+Names = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_names)]
 
 
 class Settings(BaseSettings):
@@ -33,6 +43,8 @@ class Settings(BaseSettings):
         default=Path(".pgtide"),
         description="Where the embedded PostgreSQL keeps its data (when DATABASE_URL is unset).",
     )
+    # Apps to install and serve besides those the database records (docs/design.md, Apps).
+    apps: Names = ()
     host: str = "127.0.0.1"
     port: int = 8000
     pool_size: int = Field(default=10, description="Database connections per server process.")
@@ -56,7 +68,7 @@ class Settings(BaseSettings):
     # Concurrent streams one token may hold open (429 beyond).
     max_streams_per_token: int = 100
     # Tables without branch_id that branch-pinned tokens may read (comma-separated).
-    pinned_shared_tables: str = ""
+    pinned_shared_tables: Names = ()
     # How long a write's Idempotency-Key is remembered (a repeat replays its response).
     idempotency_ttl_s: float = 24 * 3600.0
     # Retention inside `serve` (docs/audit.md): remove sequenced changes older than this

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -77,6 +78,7 @@ def create(
 ) -> str:
     """Create a token and return it: the only time it is ever seen."""
     token = PREFIX + secrets.token_urlsafe(32)
+    branch_id = _tenant(branch_id)
     try:
         conn.execute(
             queries["token_create"],
@@ -92,9 +94,22 @@ def create(
         raise TokenError(f"a token named {name!r} exists already") from None
     except psycopg.errors.CheckViolation:
         raise TokenError(f"bad token name {name!r}: use 1-64 of A-Z a-z 0-9 _ . @ -") from None
-    except psycopg.errors.InvalidTextRepresentation:
-        raise TokenError(f"bad branch id {branch_id!r}: expected a uuid") from None
     return token
+
+
+def _tenant(value: str | None) -> str | None:
+    """A branch pin as stored: a uuid in its canonical spelling, other values as given.
+
+    The pin is compared as each resource's tenant column's type (uuid, integer, text).
+    """
+    if value is None:
+        return None
+    if not value or len(value) > 200 or not value.isprintable():
+        raise TokenError(f"bad branch {value!r}: 1-200 printable characters")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return value
 
 
 def revoke(conn: psycopg.Connection[Any], name: str) -> bool:

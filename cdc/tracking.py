@@ -77,7 +77,7 @@ def track(conn: psycopg.Connection[Any], table: str) -> list[str]:
 def untrack(conn: psycopg.Connection[Any], table: str) -> bool:
     """Detach capture from `table`; returns whether it was tracked.
 
-    The changes already logged stay in `sync_log`.
+    The changes already logged stay in `pgtide.sync_log`.
     """
     with _refusals("untrack", table):
         row = conn.execute(queries["untrack"], {"table": table}).fetchone()
@@ -89,7 +89,7 @@ def tracked_tables(conn: psycopg.Connection[Any]) -> list[TrackedTable]:
     """Every tracked table with its number of logged changes, by schema and name."""
     try:
         rows = conn.execute(queries["tracked_tables"]).fetchall()
-    except errors.UndefinedTable as exc:  # sync_tracked or sync_log missing
+    except errors.UndefinedTable as exc:  # pgtide.sync_tracked or pgtide.sync_log missing
         raise TrackingError(_NOT_MIGRATED) from exc
     return [
         TrackedTable(

@@ -5,11 +5,11 @@
 -- Then give each login role the group it needs (GRANT pgtide_api TO app_login), and grant
 -- pgtide_api the DML on your own tracked tables. Idempotent.
 --
---   pgtide_api        `pgtide serve`: writes tracked tables (capture appends to sync_log as
+--   pgtide_api        `pgtide serve`: writes tracked tables (capture appends to pgtide.sync_log as
 --                     this role), sequences and seals, reads the log. No UPDATE or DELETE
---                     on sync_log, sync_order or sync_seal.
+--                     on pgtide.sync_log, pgtide.sync_order or pgtide.sync_seal.
 --   pgtide_auditor    reads the log, the seals and the retention record; writes nothing.
---   pgtide_retention  `pgtide retention`: deletes old sync_order/sync_log rows (the
+--   pgtide_retention  `pgtide retention`: deletes old pgtide.sync_order/pgtide.sync_log rows (the
 --                     append-only guard still requires SET LOCAL pgtide.retention = 'on')
 --                     and records how far it removed. Cannot UPDATE anything in the log.
 -- The privileges are the boundary: the guard's switch is a setting anyone can set.
@@ -28,18 +28,18 @@ $$;
 
 GRANT USAGE ON SCHEMA pgtide TO pgtide_api, pgtide_auditor, pgtide_retention;
 
--- Capture runs as the writing role: it appends to sync_log and reads the doorbell flag.
-GRANT SELECT, INSERT ON sync_log TO pgtide_api;
--- The sequencer (inside serve): appends to sync_order and sync_seal, moves its state
+-- Capture runs as the writing role: it appends to pgtide.sync_log and reads the doorbell flag.
+GRANT SELECT, INSERT ON pgtide.sync_log TO pgtide_api;
+-- The sequencer (inside serve): appends to pgtide.sync_order and pgtide.sync_seal, moves its state
 -- and sets the doorbell flag (setval needs UPDATE on the sequence).
-GRANT SELECT, INSERT ON sync_order, sync_seal TO pgtide_api;
-GRANT SELECT, UPDATE ON sync_sequencer TO pgtide_api;
-GRANT SELECT, UPDATE ON SEQUENCE sync_doorbell TO pgtide_api;
-GRANT SELECT ON sync_tracked, sync_retention TO pgtide_api;
+GRANT SELECT, INSERT ON pgtide.sync_order, pgtide.sync_seal TO pgtide_api;
+GRANT SELECT, UPDATE ON pgtide.sync_sequencer TO pgtide_api;
+GRANT SELECT, UPDATE ON SEQUENCE pgtide.sync_doorbell TO pgtide_api;
+GRANT SELECT ON pgtide.sync_tracked, pgtide.sync_retention TO pgtide_api;
 
-GRANT SELECT ON sync_log, sync_order, sync_seal, sync_sequencer, sync_tracked, sync_retention
+GRANT SELECT ON pgtide.sync_log, pgtide.sync_order, pgtide.sync_seal, pgtide.sync_sequencer, pgtide.sync_tracked, pgtide.sync_retention
     TO pgtide_auditor;
 
-GRANT SELECT, DELETE ON sync_log, sync_order TO pgtide_retention;
-GRANT SELECT, INSERT, UPDATE ON sync_retention TO pgtide_retention;
-GRANT SELECT ON sync_seal, sync_sequencer TO pgtide_retention;
+GRANT SELECT, DELETE ON pgtide.sync_log, pgtide.sync_order TO pgtide_retention;
+GRANT SELECT, INSERT, UPDATE ON pgtide.sync_retention TO pgtide_retention;
+GRANT SELECT ON pgtide.sync_seal, pgtide.sync_sequencer TO pgtide_retention;

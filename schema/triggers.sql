@@ -36,7 +36,7 @@ BEGIN
         img := old_j;
     END IF;
     SELECT jsonb_object_agg(k, img -> k) INTO key FROM unnest(TG_ARGV[2:]) AS k;
-    INSERT INTO public.sync_log
+    INSERT INTO pgtide.sync_log
         (schema_name, table_name, op, pk, new_row, old_row, changed, actor, origin, mutation_id)
     VALUES
         (TG_ARGV[0], TG_ARGV[1], TG_OP, key, new_j, old_j, chg,
@@ -45,7 +45,7 @@ BEGIN
          nullif(current_setting('pgtide.mutation_id', true), ''));
     -- The doorbell: NOTIFY serialises commits, so ring only while the
     -- sequencer sleeps. A sequence read sees setval at once, whatever our snapshot.
-    IF (SELECT last_value FROM public.sync_doorbell) = 1 THEN
+    IF (SELECT last_value FROM pgtide.sync_doorbell) = 1 THEN
         PERFORM pg_notify('pgtide_doorbell', '');
     END IF;
     RETURN NULL;
@@ -56,12 +56,12 @@ $fn$;
 CREATE OR REPLACE FUNCTION pgtide.capture_truncate_v1() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 BEGIN
-    INSERT INTO public.sync_log (schema_name, table_name, op, actor, origin, mutation_id)
+    INSERT INTO pgtide.sync_log (schema_name, table_name, op, actor, origin, mutation_id)
     VALUES (TG_ARGV[0], TG_ARGV[1], 'TRUNCATE',
             nullif(current_setting('pgtide.actor', true), ''),
             nullif(current_setting('pgtide.origin', true), ''),
             nullif(current_setting('pgtide.mutation_id', true), ''));
-    IF (SELECT last_value FROM public.sync_doorbell) = 1 THEN
+    IF (SELECT last_value FROM pgtide.sync_doorbell) = 1 THEN
         PERFORM pg_notify('pgtide_doorbell', '');
     END IF;
     RETURN NULL;
@@ -79,20 +79,20 @@ BEGIN
         RAISE EXCEPTION 'pgtide.publish: topic must be a non-empty string'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    INSERT INTO public.sync_log (schema_name, table_name, op, new_row, actor, origin, mutation_id)
+    INSERT INTO pgtide.sync_log (schema_name, table_name, op, new_row, actor, origin, mutation_id)
     VALUES ('pgtide', topic, 'MESSAGE', payload,
             nullif(current_setting('pgtide.actor', true), ''),
             nullif(current_setting('pgtide.origin', true), ''),
             nullif(current_setting('pgtide.mutation_id', true), ''))
     RETURNING id INTO log_id;
-    IF (SELECT last_value FROM public.sync_doorbell) = 1 THEN
+    IF (SELECT last_value FROM pgtide.sync_doorbell) = 1 THEN
         PERFORM pg_notify('pgtide_doorbell', '');
     END IF;
     RETURN log_id;
 END
 $fn$;
 
--- Append-only guard for sync_log and sync_order. Only the retention job,
+-- Append-only guard for pgtide.sync_log and pgtide.sync_order. Only the retention job,
 -- which sets pgtide.retention = 'on' in its transaction, may DELETE.
 CREATE OR REPLACE FUNCTION pgtide.append_only_v1() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
@@ -106,20 +106,21 @@ BEGIN
 END
 $fn$;
 
-DROP TRIGGER IF EXISTS sync_log_append_only ON public.sync_log;
-CREATE TRIGGER sync_log_append_only BEFORE UPDATE OR DELETE ON public.sync_log
+DROP TRIGGER IF EXISTS sync_log_append_only ON pgtide.sync_log;
+CREATE TRIGGER sync_log_append_only BEFORE UPDATE OR DELETE ON pgtide.sync_log
     FOR EACH ROW EXECUTE FUNCTION pgtide.append_only_v1();
-DROP TRIGGER IF EXISTS sync_log_no_truncate ON public.sync_log;
-CREATE TRIGGER sync_log_no_truncate BEFORE TRUNCATE ON public.sync_log
+DROP TRIGGER IF EXISTS sync_log_no_truncate ON pgtide.sync_log;
+CREATE TRIGGER sync_log_no_truncate BEFORE TRUNCATE ON pgtide.sync_log
     FOR EACH STATEMENT EXECUTE FUNCTION pgtide.append_only_v1();
-DROP TRIGGER IF EXISTS sync_order_append_only ON public.sync_order;
-CREATE TRIGGER sync_order_append_only BEFORE UPDATE OR DELETE ON public.sync_order
+DROP TRIGGER IF EXISTS sync_order_append_only ON pgtide.sync_order;
+CREATE TRIGGER sync_order_append_only BEFORE UPDATE OR DELETE ON pgtide.sync_order
     FOR EACH ROW EXECUTE FUNCTION pgtide.append_only_v1();
-DROP TRIGGER IF EXISTS sync_order_no_truncate ON public.sync_order;
-CREATE TRIGGER sync_order_no_truncate BEFORE TRUNCATE ON public.sync_order
+DROP TRIGGER IF EXISTS sync_order_no_truncate ON pgtide.sync_order;
+CREATE TRIGGER sync_order_no_truncate BEFORE TRUNCATE ON pgtide.sync_order
     FOR EACH STATEMENT EXECUTE FUNCTION pgtide.append_only_v1();
 
--- Domain tables: `version` rises by one and `updated_at` moves on every real update.
+-- For apps' tables (BEFORE UPDATE): `version` rises by one and `updated_at` moves on
+-- every real update.
 CREATE OR REPLACE FUNCTION pgtide.touch_v1() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 BEGIN
@@ -148,8 +149,9 @@ BEGIN
         RAISE EXCEPTION 'cannot track %: it is not a table', rel
             USING ERRCODE = 'wrong_object_type';
     END IF;
-    IF sch = 'pgtide' OR (sch = 'public' AND tbl IN
-        ('sync_log', 'sync_order', 'sync_sequencer', 'sync_tracked')) THEN
+    -- Every engine table lives in schema pgtide (a table of one's own named sync_log in
+    -- another schema is trackable). Tracking sync_tokens would stream token hashes.
+    IF sch = 'pgtide' THEN
         RAISE EXCEPTION 'cannot track %: it belongs to pgtide itself', rel
             USING ERRCODE = 'wrong_object_type';
     END IF;
@@ -172,7 +174,7 @@ BEGIN
     EXECUTE format(
         'CREATE TRIGGER pgtide_capture_truncate AFTER TRUNCATE ON %s '
         'FOR EACH STATEMENT EXECUTE FUNCTION pgtide.capture_truncate_v1(%s)', rel, args);
-    INSERT INTO public.sync_tracked (schema_name, table_name, pk_columns)
+    INSERT INTO pgtide.sync_tracked (schema_name, table_name, pk_columns)
     VALUES (sch, tbl, cols)
     ON CONFLICT (schema_name, table_name) DO UPDATE SET pk_columns = EXCLUDED.pk_columns;
     RETURN cols;
@@ -187,7 +189,7 @@ DECLARE
 BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS pgtide_capture ON %s', rel);
     EXECUTE format('DROP TRIGGER IF EXISTS pgtide_capture_truncate ON %s', rel);
-    DELETE FROM public.sync_tracked t
+    DELETE FROM pgtide.sync_tracked t
      USING pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE c.oid = rel AND t.schema_name = n.nspname AND t.table_name = c.relname;
     GET DIAGNOSTICS n = ROW_COUNT;
@@ -202,7 +204,7 @@ DO $$
 DECLARE
     r record;
 BEGIN
-    FOR r IN SELECT schema_name, table_name FROM public.sync_tracked LOOP
+    FOR r IN SELECT schema_name, table_name FROM pgtide.sync_tracked LOOP
         IF to_regclass(format('%I.%I', r.schema_name, r.table_name)) IS NOT NULL THEN
             PERFORM pgtide.track_v1(format('%I.%I', r.schema_name, r.table_name)::regclass);
         END IF;

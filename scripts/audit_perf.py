@@ -3,10 +3,10 @@
     python scripts/audit_perf.py --url postgresql://postgres@127.0.0.1:5432/postgres --rows 10000000
 
 Creates a scratch database (dropped at the end unless --keep), migrates it, and
-writes --rows changes straight into sync_log (seven tables of skewed sizes, uuid
+writes --rows changes straight into pgtide.sync_log (seven tables of skewed sizes, uuid
 keys changed about five times each over the log, 1,000 actors on a skewed
 distribution plus one rare actor, 50 origins, a tenth of the changes without
-actor or origin, 30 days of timestamps), sequences them into sync_order and
+actor or origin, 30 days of timestamps), sequences them into pgtide.sync_order and
 seals them 100 rows a seal, as the sequencer would. Then it times:
 
 1. the main listing filters through `cdc.audit.list_changes` (the code the API
@@ -43,7 +43,7 @@ AUDIT_INDEXES = [
 
 # Tables by share of the log: orders 30 %, ..., branches 0.01 % (a rare table).
 GENERATE = """
-INSERT INTO sync_log (txid, at, schema_name, table_name, op, pk, new_row, old_row, changed,
+INSERT INTO pgtide.sync_log (txid, at, schema_name, table_name, op, pk, new_row, old_row, changed,
                       actor, origin, mutation_id, db_role)
 SELECT (g / 3 + 3)::text::xid8,
        now() - interval '30 days' + g * (interval '30 days' / {total}),
@@ -82,29 +82,29 @@ SELECT (g / 3 + 3)::text::xid8,
 """
 
 SEQUENCE = """
-INSERT INTO sync_order (seq, log_id) SELECT id, id FROM sync_log WHERE id BETWEEN {lo} AND {hi}
+INSERT INTO pgtide.sync_order (seq, log_id) SELECT id, id FROM pgtide.sync_log WHERE id BETWEEN {lo} AND {hi}
 """
 
 # Seal what GENERATE wrote, 100 rows a seal, chained exactly as sequence_batch does.
 SEAL = """
 DO $$
 DECLARE
-    lo bigint := (SELECT max(last_seq) FROM sync_seal);
-    head bigint := (SELECT max(seq) FROM sync_order);
-    n bigint := (SELECT max(seal_no) FROM sync_seal);
-    prev bytea := (SELECT hash FROM sync_seal ORDER BY seal_no DESC LIMIT 1);
-    stamp timestamptz := (SELECT sealed_at FROM sync_seal ORDER BY seal_no DESC LIMIT 1);
+    lo bigint := (SELECT max(last_seq) FROM pgtide.sync_seal);
+    head bigint := (SELECT max(seq) FROM pgtide.sync_order);
+    n bigint := (SELECT max(seal_no) FROM pgtide.sync_seal);
+    prev bytea := (SELECT hash FROM pgtide.sync_seal ORDER BY seal_no DESC LIMIT 1);
+    stamp timestamptz := (SELECT sealed_at FROM pgtide.sync_seal ORDER BY seal_no DESC LIMIT 1);
 BEGIN
     WHILE lo < head LOOP
         n := n + 1;
-        INSERT INTO sync_seal (seal_no, first_seq, last_seq, hash, prev_hash, digests,
+        INSERT INTO pgtide.sync_seal (seal_no, first_seq, last_seq, hash, prev_hash, digests,
                                min_at, max_at, sealed_at)
         SELECT n, min(s.seq), max(s.seq),
                sha256(prev || string_agg(s.d, ''::bytea ORDER BY s.seq)), prev,
                string_agg(substr(s.d, 1, 8), ''::bytea ORDER BY s.seq),
                min(s.at), max(s.at), max(s.at) + interval '5 milliseconds'
           FROM (SELECT o.seq, pgtide.log_digest_v1(o.seq, l) AS d, l.at
-                  FROM sync_order o JOIN sync_log l ON l.id = o.log_id
+                  FROM pgtide.sync_order o JOIN pgtide.sync_log l ON l.id = o.log_id
                  WHERE o.seq > lo AND o.seq <= least(lo + 100, head)) AS s
         RETURNING hash, sealed_at INTO prev, stamp;
         lo := lo + 100;
@@ -136,7 +136,7 @@ def generate(conn: psycopg.Connection[Any], total: int) -> None:
     """Write, sequence and seal `total` changes; audit indexes are built after the load."""
     for name in AUDIT_INDEXES:
         conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(name)))
-    conn.execute("ALTER TABLE sync_order DROP CONSTRAINT sync_order_log_id_fkey")
+    conn.execute("ALTER TABLE pgtide.sync_order DROP CONSTRAINT sync_order_log_id_fkey")
     chunk = 1_000_000
     for lo in range(1, total + 1, chunk):
         hi = min(lo + chunk - 1, total)
@@ -147,18 +147,18 @@ def generate(conn: psycopg.Connection[Any], total: int) -> None:
         conn.execute(SEQUENCE.format(lo=lo, hi=hi).encode())
     # As if a sequencer had sequenced all of it (the generated txids are all below next_xid).
     conn.execute(
-        "UPDATE sync_sequencer SET last_seq = %s, next_xid = (SELECT max(txid::text::bigint) + 1 "
-        "FROM sync_log)::text::xid8",
+        "UPDATE pgtide.sync_sequencer SET last_seq = %s, next_xid = (SELECT max(txid::text::bigint) + 1 "
+        "FROM pgtide.sync_log)::text::xid8",
         (total,),
     )
     timed("  foreign key", lambda: conn.execute(
-        "ALTER TABLE sync_order ADD FOREIGN KEY (log_id) REFERENCES sync_log (id)"))  # fmt: skip
+        "ALTER TABLE pgtide.sync_order ADD FOREIGN KEY (log_id) REFERENCES pgtide.sync_log (id)"))  # fmt: skip
     migration = (schema_dir() / "migrations" / "0005_audit.sql").read_text()
     # The very statements of the migration.
-    for match in re.finditer(r"CREATE INDEX (sync_log_\w+) ON sync_log [^;]*", migration):
+    for match in re.finditer(r"CREATE INDEX (sync_log_\w+) ON pgtide.sync_log [^;]*", migration):
         timed(f"  CREATE INDEX {match.group(1)}", run_sql(conn, match.group(0)))
     timed("  CREATE INDEX sync_log_txid_idx", lambda: conn.execute(
-        "CREATE INDEX sync_log_txid_idx ON sync_log (txid, id)"))  # fmt: skip
+        "CREATE INDEX sync_log_txid_idx ON pgtide.sync_log (txid, id)"))  # fmt: skip
     timed("  seal 100 rows a seal", lambda: conn.execute(SEAL.encode()))
     timed("  VACUUM ANALYZE", lambda: conn.execute("VACUUM ANALYZE"))
 
@@ -209,11 +209,11 @@ def plan_of(conn: psycopg.Connection[Any], q: LogQuery) -> str:
 
 def bench_queries(conn: psycopg.Connection[Any], repeat: int) -> None:
     row = conn.execute(
-        "SELECT pk::text FROM sync_log WHERE table_name = 'orders' AND pk IS NOT NULL "
-        "AND id = (SELECT max(id) / 2 FROM sync_log) - (SELECT max(id) / 2 FROM sync_log) % 10 + 3"
+        "SELECT pk::text FROM pgtide.sync_log WHERE table_name = 'orders' AND pk IS NOT NULL "
+        "AND id = (SELECT max(id) / 2 FROM pgtide.sync_log) - (SELECT max(id) / 2 FROM pgtide.sync_log) % 10 + 3"
     ).fetchone()
     key = row[0] if row else '{"id": "00000000-0000-0000-0000-000000000000"}'
-    txid_row = conn.execute("SELECT txid::text FROM sync_log WHERE id = 5000000").fetchone()
+    txid_row = conn.execute("SELECT txid::text FROM pgtide.sync_log WHERE id = 5000000").fetchone()
     txid = txid_row[0] if txid_row else "3"
     now_row = conn.execute("SELECT now()").fetchone()
     assert now_row is not None
@@ -222,7 +222,7 @@ def bench_queries(conn: psycopg.Connection[Any], repeat: int) -> None:
     def ago(**kw: float) -> str:
         return (now - timedelta(**kw)).isoformat()
 
-    mid = conn.execute("SELECT max(seq) / 2 FROM sync_order").fetchone()
+    mid = conn.execute("SELECT max(seq) / 2 FROM pgtide.sync_order").fetchone()
     middle = str(mid[0]) if mid else "1"
     cases: list[tuple[str, list[tuple[str, str]]]] = [
         ("newest page, no filter", [("order", "desc")]),
@@ -288,10 +288,10 @@ def lsn(conn: psycopg.Connection[Any]) -> str:
 # A copy of the log partitioned by day, the days counted from its oldest change, so that
 # its first partition holds exactly the changes a one-day retention step removes.
 PARTITIONED = """
-CREATE TABLE part_log (LIKE sync_log INCLUDING DEFAULTS) PARTITION BY RANGE (at);
+CREATE TABLE part_log (LIKE pgtide.sync_log INCLUDING DEFAULTS) PARTITION BY RANGE (at);
 DO $$
 DECLARE
-    origin timestamptz := (SELECT min(at) FROM sync_log);
+    origin timestamptz := (SELECT min(at) FROM pgtide.sync_log);
 BEGIN
     FOR k IN 0..31 LOOP
         EXECUTE format(
@@ -300,7 +300,7 @@ BEGIN
     END LOOP;
     CREATE TABLE part_log_rest PARTITION OF part_log DEFAULT;
 END $$;
-INSERT INTO part_log SELECT * FROM sync_log;
+INSERT INTO part_log SELECT * FROM pgtide.sync_log;
 CREATE INDEX ON part_log (id);
 CREATE INDEX ON part_log (txid, id);
 CREATE INDEX ON part_log (table_name, pk);
@@ -355,14 +355,14 @@ def bench_retention(conn: psycopg.Connection[Any]) -> None:
     conn.execute("DROP TABLE part_log")
 
     conn.execute("CHECKPOINT")
-    keep = conn.execute("SELECT now() - (min(at) + interval '1 day') FROM sync_log").fetchone()
+    keep = conn.execute("SELECT now() - (min(at) + interval '1 day') FROM pgtide.sync_log").fetchone()
     assert keep is not None
     report, took, wal = measured(conn, lambda: run_retention(conn, keep[0], batch=10_000))
     per_batch = took / max(report.batches, 1) * 1000
     print(f"retention (delete): {report.removed_rows:,} rows in {report.batches} batches of "
           f"10,000, {took:.1f}s ({report.removed_rows / took:,.0f} rows/s, {per_batch:.0f} ms "
           f"a batch), WAL {wal / 2**20:,.0f} MiB")  # fmt: skip
-    _, took, wal = measured(conn, lambda: conn.execute("VACUUM sync_log, sync_order"))
+    _, took, wal = measured(conn, lambda: conn.execute("VACUUM pgtide.sync_log, pgtide.sync_order"))
     print(f"VACUUM after it: {took:.1f}s, WAL {wal / 2**20:,.0f} MiB")
 
 

@@ -1,8 +1,8 @@
-"""What each candidate audit index on sync_log costs tracked writers (docs/audit.md).
+"""What each candidate audit index on pgtide.sync_log costs tracked writers (docs/audit.md).
 
     python scripts/audit_writes.py --url postgresql://postgres@127.0.0.1:5432/postgres
 
-Creates a scratch database (dropped at the end), migrates it, pre-fills sync_log
+Creates a scratch database (dropped at the end), migrates it, pre-fills pgtide.sync_log
 with --prefill realistic rows (uuid keys, 7 tables, 200 actors, 20 origins) so
 indexes are not toy-sized, then runs pgbench: --clients concurrent single-row
 INSERT transactions on a tracked table, each setting pgtide.actor and
@@ -35,16 +35,16 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from cdc.migrate import migrate
 
 AUDIT_INDEXES = {
-    "table_pk": "CREATE INDEX sync_log_table_pk_idx ON sync_log (table_name, pk)",
-    "pk_gin": "CREATE INDEX sync_log_pk_gin ON sync_log USING gin (pk jsonb_path_ops)",
-    "pk_hash": "CREATE INDEX sync_log_pk_hash ON sync_log USING hash (pk)",
-    "actor_at": "CREATE INDEX sync_log_actor_at_idx ON sync_log (actor, at) "
+    "table_pk": "CREATE INDEX sync_log_table_pk_idx ON pgtide.sync_log (table_name, pk)",
+    "pk_gin": "CREATE INDEX sync_log_pk_gin ON pgtide.sync_log USING gin (pk jsonb_path_ops)",
+    "pk_hash": "CREATE INDEX sync_log_pk_hash ON pgtide.sync_log USING hash (pk)",
+    "actor_at": "CREATE INDEX sync_log_actor_at_idx ON pgtide.sync_log (actor, at) "
     "WHERE actor IS NOT NULL",
-    "origin_at": "CREATE INDEX sync_log_origin_at_idx ON sync_log (origin, at) "
+    "origin_at": "CREATE INDEX sync_log_origin_at_idx ON pgtide.sync_log (origin, at) "
     "WHERE origin IS NOT NULL",
-    "truncate": "CREATE INDEX sync_log_truncate_idx ON sync_log (table_name) WHERE op = 'TRUNCATE'",
-    "at_btree": "CREATE INDEX sync_log_at_idx ON sync_log (at)",
-    "at_brin": "CREATE INDEX sync_log_at_brin ON sync_log USING brin (at)",
+    "truncate": "CREATE INDEX sync_log_truncate_idx ON pgtide.sync_log (table_name) WHERE op = 'TRUNCATE'",
+    "at_btree": "CREATE INDEX sync_log_at_idx ON pgtide.sync_log (at)",
+    "at_brin": "CREATE INDEX sync_log_at_brin ON pgtide.sync_log USING brin (at)",
 }
 CHOSEN = ("table_pk", "actor_at", "origin_at", "truncate")
 CONFIGS: dict[str, tuple[str, ...]] = {
@@ -67,7 +67,7 @@ COMMIT;
 TABLE = "CREATE TABLE {table} (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), note text)"
 
 PREFILL = """
-INSERT INTO sync_log (txid, at, schema_name, table_name, op, pk, new_row, actor, origin)
+INSERT INTO pgtide.sync_log (txid, at, schema_name, table_name, op, pk, new_row, actor, origin)
 SELECT '1'::xid8, now() - (g * interval '1 second'), 'public', 't' || (g %% 7),
        'INSERT', jsonb_build_object('id', gen_random_uuid()),
        jsonb_build_object('note', 'a short note', 'n', g),
@@ -168,8 +168,8 @@ def main() -> None:
                 conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
                     sql.Identifier(AUDIT_INDEXES[idx].split()[2])))  # fmt: skip
             conn.execute(PREFILL, {"n": args.prefill})
-            conn.execute("VACUUM ANALYZE sync_log")
-            conn.execute("SELECT setval('sync_doorbell', 0, true)")  # a busy sequencer: no NOTIFY
+            conn.execute("VACUUM ANALYZE pgtide.sync_log")
+            conn.execute("SELECT setval('pgtide.sync_doorbell', 0, true)")  # a busy sequencer: no NOTIFY
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
             # A slot left by a killed run would keep WAL forever.
             conn.execute(

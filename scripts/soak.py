@@ -15,7 +15,7 @@
 
 Every minute it prints, for the changes sequenced up to the cutoff taken the minute
 before (so every subscriber had a minute to receive them): the changes each subscriber
-should have received, checked against `sync_order` joined with `sync_log` (lost,
+should have received, checked against `pgtide.sync_order` joined with `pgtide.sync_log` (lost,
 duplicated, out of order: all must be 0), the commit-to-receipt latency percentiles
 (receipt time minus the change's `at`, the trigger's clock time inside its one-row
 transaction, sampled on every 10th seq), and the server's RSS. After the writers stop,
@@ -219,8 +219,8 @@ class Verdict:
 
 def expected_by_shard(conn: psycopg.Connection[Any], after: int, upto: int) -> dict[int, list[int]]:
     rows = conn.execute(
-        """SELECT (l.new_row ->> 'shard')::int, o.seq FROM sync_order o
-             JOIN sync_log l ON l.id = o.log_id
+        """SELECT (l.new_row ->> 'shard')::int, o.seq FROM pgtide.sync_order o
+             JOIN pgtide.sync_log l ON l.id = o.log_id
             WHERE o.seq > %s AND o.seq <= %s AND l.table_name = 'soak' ORDER BY o.seq""",
         (after, upto),
     ).fetchall()
@@ -252,7 +252,7 @@ def check(subs: Subscribers, url: str, after: int, upto: int) -> Verdict:
 
 
 def head_seq(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT coalesce(max(seq), 0) FROM sync_order").fetchone()
+    row = conn.execute("SELECT coalesce(max(seq), 0) FROM pgtide.sync_order").fetchone()
     return int(row[0]) if row else 0
 
 
@@ -339,8 +339,8 @@ async def soak(args: argparse.Namespace, url: str) -> int:
         await asyncio.to_thread(writers.join)  # the loop keeps reading meanwhile
         # Drain: every subscriber reaches the last change of its shard (or a minute passes).
         final = dict(conn.execute(
-            "SELECT (l.new_row ->> 'shard')::int, max(o.seq) FROM sync_order o "
-            "JOIN sync_log l ON l.id = o.log_id WHERE l.table_name = 'soak' GROUP BY 1"
+            "SELECT (l.new_row ->> 'shard')::int, max(o.seq) FROM pgtide.sync_order o "
+            "JOIN pgtide.sync_log l ON l.id = o.log_id WHERE l.table_name = 'soak' GROUP BY 1"
         ).fetchall())  # fmt: skip
         drained_by = time.monotonic() + 60
         while time.monotonic() < drained_by and any(
@@ -349,9 +349,9 @@ async def soak(args: argparse.Namespace, url: str) -> int:
             await asyncio.sleep(0.2)
         head = head_seq(conn)
         await report("drain", head, head)
-        log_rows = conn.execute("SELECT count(*) FROM sync_log").fetchone()
+        log_rows = conn.execute("SELECT count(*) FROM pgtide.sync_log").fetchone()
         print(f"total: {log_rows[0] if log_rows else 0} changes written and sequenced; "
-              f"{totals.expected} deliveries checked against sync_log: lost {totals.lost}, "
+              f"{totals.expected} deliveries checked against pgtide.sync_log: lost {totals.lost}, "
               f"duplicated {totals.duplicated}, unexpected {totals.extra}, "
               f"out of order {totals.disordered}",
               flush=True)  # fmt: skip

@@ -16,6 +16,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from api.apps import load_app
 from cdc import db, embedded
 from cdc.migrate import migrate
 
@@ -98,11 +99,11 @@ def server_version(server_url: str) -> int:
 
 @pytest.fixture(scope="session")
 def template_db(server_url: str) -> Iterator[str]:
-    """A database migrated once per session, cloned by every test."""
+    """A database with the engine and the shipped app, migrated once, cloned by every test."""
     name = f"pgtide_tpl_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    migrate(with_dbname(server_url, name))
+    migrate(with_dbname(server_url, name), [load_app("dynapharm").install()])
     yield name
     drop_database(server_url, name)
 

@@ -21,7 +21,7 @@ def key_of(row: Row, pk_columns: list[str]) -> str:
 
 
 class Replica:
-    """Tables rebuilt from change events (`sync_log` rows or stream events)."""
+    """Tables rebuilt from change events (`pgtide.sync_log` rows or stream events)."""
 
     def __init__(self, pk_columns: dict[str, list[str]]) -> None:
         self.pk_columns = pk_columns
@@ -56,9 +56,9 @@ class Replica:
 
 
 def tracked_pk_columns(conn: psycopg.Connection[Any], tables: list[str]) -> dict[str, list[str]]:
-    """Primary key columns of the given tracked tables (from sync_tracked)."""
+    """Primary key columns of the given tracked tables (from pgtide.sync_tracked)."""
     rows = conn.execute(
-        "SELECT table_name, pk_columns FROM sync_tracked WHERE table_name = ANY(%s)", (tables,)
+        "SELECT table_name, pk_columns FROM pgtide.sync_tracked WHERE table_name = ANY(%s)", (tables,)
     ).fetchall()
     return {r[0]: list(r[1]) for r in rows}
 

@@ -64,7 +64,7 @@ def sequence_all(url: str, batch_rows: int = 25) -> None:
         async with running(Sequencer(url, Settings(batch_rows=batch_rows))):
             with db.connect(url) as conn:
                 row = conn.execute(
-                    "SELECT count(*) FROM sync_log l WHERE pg_xact_status(l.txid) = 'committed'"
+                    "SELECT count(*) FROM pgtide.sync_log l WHERE pg_xact_status(l.txid) = 'committed'"
                 ).fetchone()
             assert row is not None
             await wait_sequenced(url, int(row[0]))
@@ -213,7 +213,7 @@ def oracle(conn: psycopg.Connection[Any], p: dict[str, str]) -> list[int]:
         conds.append(sql.SQL("o.seq < %s" if desc else "o.seq > %s"))
         args.append(int(p["after"]))
     query = sql.SQL(
-        "SELECT o.seq FROM sync_order o JOIN sync_log l ON l.id = o.log_id WHERE {} ORDER BY o.seq "
+        "SELECT o.seq FROM pgtide.sync_order o JOIN pgtide.sync_log l ON l.id = o.log_id WHERE {} ORDER BY o.seq "
     ).format(sql.SQL(" AND ").join(conds)) + sql.SQL("DESC" if desc else "ASC")
     return [r[0] for r in conn.execute(query, args).fetchall()]
 
@@ -234,8 +234,8 @@ def walk(conn: psycopg.Connection[Any], p: dict[str, str]) -> list[int]:
 
 def times(conn: psycopg.Connection[Any]) -> dict[str, str]:
     """Instants that cut the log: thirds of it, and just after the long transaction's row."""
-    ats = [r[0] for r in conn.execute("SELECT at FROM sync_log ORDER BY at").fetchall()]
-    long_at = conn.execute("SELECT at FROM sync_log WHERE pk = %s::jsonb AND table_name = 'ints'",
+    ats = [r[0] for r in conn.execute("SELECT at FROM pgtide.sync_log ORDER BY at").fetchall()]
+    long_at = conn.execute("SELECT at FROM pgtide.sync_log WHERE pk = %s::jsonb AND table_name = 'ints'",
                            (json.dumps({"id": LONG_ID}),)).fetchone()  # fmt: skip
     assert long_at is not None
     return {
@@ -250,14 +250,14 @@ def sample_keys(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     keys = {}
     for table in ("ints", "uids", "texts", "pairs"):
         row = conn.execute(
-            "SELECT pk FROM sync_log WHERE table_name = %s AND pk IS NOT NULL "
+            "SELECT pk FROM pgtide.sync_log WHERE table_name = %s AND pk IS NOT NULL "
             "GROUP BY pk ORDER BY count(*) DESC, pk::text LIMIT 1",
             (table,),
         ).fetchone()
         assert row is not None
         keys[table] = row[0]
     txid = conn.execute(
-        "SELECT txid::text FROM sync_log GROUP BY txid ORDER BY count(*) DESC LIMIT 1"
+        "SELECT txid::text FROM pgtide.sync_log GROUP BY txid ORDER BY count(*) DESC LIMIT 1"
     ).fetchone()
     assert txid is not None
     keys["txid"] = txid[0]
@@ -330,7 +330,7 @@ def test_the_long_transaction_counts_by_when_it_wrote_not_when_it_was_sequenced(
     t = times(conn)
     before_long = walk(conn, {"to": t["long"], "actor": "lonely"})
     assert len(before_long) == 1
-    last = conn.execute("SELECT max(seq) FROM sync_order").fetchone()
+    last = conn.execute("SELECT max(seq) FROM pgtide.sync_order").fetchone()
     assert last is not None and before_long[0] > int(last[0]) - 200  # sequenced late
     assert walk(conn, {"from": t["long"], "actor": "lonely"}) == []
 
@@ -611,13 +611,13 @@ def test_the_documented_api_role_cannot_update_or_delete_the_log(roles_db: str) 
         conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text); SELECT pgtide.track_v1('t')")
         conn.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON t TO pgtide_api")
         conn.execute("SET ROLE pgtide_api")
-        conn.execute("INSERT INTO t VALUES (1, 'a')")  # capture writes sync_log as this role
+        conn.execute("INSERT INTO t VALUES (1, 'a')")  # capture writes pgtide.sync_log as this role
         conn.execute("UPDATE t SET v = 'b' WHERE id = 1")
-        row = conn.execute("SELECT count(*), min(db_role) FROM sync_log").fetchone()
+        row = conn.execute("SELECT count(*), min(db_role) FROM pgtide.sync_log").fetchone()
         assert row == (2, "pgtide_api")
-        for stmt in ["UPDATE sync_log SET actor = 'x'", "DELETE FROM sync_log",
-                     "UPDATE sync_order SET seq = seq", "DELETE FROM sync_order",
-                     "DELETE FROM sync_seal", "TRUNCATE sync_log"]:  # fmt: skip
+        for stmt in ["UPDATE pgtide.sync_log SET actor = 'x'", "DELETE FROM pgtide.sync_log",
+                     "UPDATE pgtide.sync_order SET seq = seq", "DELETE FROM pgtide.sync_order",
+                     "DELETE FROM pgtide.sync_seal", "TRUNCATE pgtide.sync_log"]:  # fmt: skip
             denied = pytest.raises(errors.InsufficientPrivilege, match="permission denied")
             with denied, conn.transaction():
                 # Even with the retention switch on: the privilege is missing.
@@ -625,17 +625,17 @@ def test_the_documented_api_role_cannot_update_or_delete_the_log(roles_db: str) 
                 conn.execute(stmt)
         conn.execute("RESET ROLE")
         conn.execute("SET ROLE pgtide_auditor")
-        assert conn.execute("SELECT count(*) FROM sync_log").fetchone() == (2,)
+        assert conn.execute("SELECT count(*) FROM pgtide.sync_log").fetchone() == (2,)
         with pytest.raises(errors.InsufficientPrivilege):
             conn.execute(
-                "INSERT INTO sync_log (schema_name, table_name, op) VALUES ('a','b','INSERT')"
+                "INSERT INTO pgtide.sync_log (schema_name, table_name, op) VALUES ('a','b','INSERT')"
             )
         conn.execute("RESET ROLE")
         conn.execute("SET ROLE pgtide_retention")
         with pytest.raises(errors.InsufficientPrivilege):
-            conn.execute("UPDATE sync_log SET actor = 'x'")
+            conn.execute("UPDATE pgtide.sync_log SET actor = 'x'")
         with pytest.raises(errors.InsufficientPrivilege, match="append-only"):
-            conn.execute("DELETE FROM sync_log")  # the guard still wants the switch
+            conn.execute("DELETE FROM pgtide.sync_log")  # the guard still wants the switch
         conn.execute("RESET ROLE")
 
 

@@ -130,7 +130,7 @@ def world(db_url: str) -> Iterator[World]:
         tok[kind] = make(db_url, f"t-{kind}", scopes, branch.get(kind))
     with db.connect(db_url) as conn:
         conn.execute(
-            "UPDATE sync_tokens SET expires_at = now() - interval '1s' WHERE name = 't-expired'"
+            "UPDATE pgtide.sync_tokens SET expires_at = now() - interval '1s' WHERE name = 't-expired'"
         )
         tokens.revoke(conn, "t-revoked")
     srv = Server(db_url, auth=True).start()
@@ -272,7 +272,7 @@ def test_a_token_that_expires_is_refused_within_the_cache_time(db_url: str) -> N
         h = {"Authorization": f"Bearer {token}"}
         assert httpx.get(f"{srv.base}/api/clients", headers=h).status_code == 200
         with db.connect(db_url) as conn:
-            conn.execute("UPDATE sync_tokens SET expires_at = now() WHERE name = 'short'")
+            conn.execute("UPDATE pgtide.sync_tokens SET expires_at = now() WHERE name = 'short'")
         # A cached answer may stand for CACHE_S (2 s); after that it must be refused.
         deadline = time.monotonic() + 2 * CACHE_S + 1
         with httpx.Client(timeout=5) as c:

@@ -228,19 +228,19 @@ def test_offline_branch_app_queues_survives_a_reload_and_writes_exactly_once(
     app.wait_for_selector("#pending-empty:not([hidden])")
     assert app.locator("#pending li").count() == 0
 
-    # Exactly once: one row each, one INSERT each in sync_log, one recorded mutation each.
+    # Exactly once: one row each, one INSERT each in pgtide.sync_log, one recorded mutation each.
     ana, appt, bruno = (q["id"] for q in queued)
     assert scalar(db_url, "SELECT count(*) FROM clients WHERE id IN (%s, %s)", (ana, bruno)) == 2
     assert scalar(db_url, "SELECT client_id::text FROM appointments WHERE id = %s", (appt,)) == ana
     mids = [q["mutationId"] for q in queued]
     with db.connect(db_url) as conn:
         logged = conn.execute(
-            "SELECT mutation_id, op, table_name, pk->>'id', actor, origin FROM sync_log "
+            "SELECT mutation_id, op, table_name, pk->>'id', actor, origin FROM pgtide.sync_log "
             "WHERE mutation_id = ANY(%s) ORDER BY id",
             (mids,),
         ).fetchall()
         recorded = conn.execute(
-            "SELECT count(*) FROM sync_mutations WHERE mutation_id = ANY(%s)", (mids,)
+            "SELECT count(*) FROM pgtide.sync_mutations WHERE mutation_id = ANY(%s)", (mids,)
         ).fetchone()
     assert logged == [
         (mids[0], "INSERT", "clients", ana, "tablet-a", "branch-app"),
@@ -296,7 +296,7 @@ def test_a_push_whose_answer_is_lost_is_resent_by_the_next_tab_and_applied_once(
         page.click("#login button[type=submit]")
     assert [r["status"] for r in pushed.value.json()["results"]] == ["duplicate"]
     page.wait_for_selector("#pending-empty:not([hidden])")
-    carla = "SELECT count(*) FROM sync_log WHERE new_row->>'full_name' = 'Carla Once'"
+    carla = "SELECT count(*) FROM pgtide.sync_log WHERE new_row->>'full_name' = 'Carla Once'"
     assert scalar(db_url, carla) == 1
     assert scalar(db_url, "SELECT count(*) FROM clients WHERE full_name = 'Carla Once'") == 1
     assert errors == []

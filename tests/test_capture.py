@@ -1,4 +1,4 @@
-"""Capture (schema/triggers.sql): what every write leaves in `sync_log`.
+"""Capture (schema/triggers.sql): what every write leaves in `pgtide.sync_log`.
 
 Every test runs against a real PostgreSQL, in a fresh migrated database of its
 own (the `db_url` / `conn` fixtures). All writes here are plain SQL, the way
@@ -38,30 +38,30 @@ DOMAIN_TABLES = (
 
 
 def log_rows(conn: Conn, table: str | None = None) -> list[dict[str, Any]]:
-    """The sync_log rows (optionally of one table) in id order."""
+    """The pgtide.sync_log rows (optionally of one table) in id order."""
     cur = conn.cursor(row_factory=dict_row)
     if table is None:
-        return cur.execute("SELECT * FROM sync_log ORDER BY id").fetchall()
+        return cur.execute("SELECT * FROM pgtide.sync_log ORDER BY id").fetchall()
     return cur.execute(
-        "SELECT * FROM sync_log WHERE table_name = %s ORDER BY id", (table,)
+        "SELECT * FROM pgtide.sync_log WHERE table_name = %s ORDER BY id", (table,)
     ).fetchall()
 
 
 def log_count(conn: Conn) -> int:
-    row = conn.execute("SELECT count(*) FROM sync_log").fetchone()
+    row = conn.execute("SELECT count(*) FROM pgtide.sync_log").fetchone()
     assert row is not None
     return int(row[0])
 
 
 def max_log_id(conn: Conn) -> int:
-    row = conn.execute("SELECT coalesce(max(id), 0) FROM sync_log").fetchone()
+    row = conn.execute("SELECT coalesce(max(id), 0) FROM pgtide.sync_log").fetchone()
     assert row is not None
     return int(row[0])
 
 
 def rows_after(conn: Conn, after_id: int) -> list[dict[str, Any]]:
     cur = conn.cursor(row_factory=dict_row)
-    return cur.execute("SELECT * FROM sync_log WHERE id > %s ORDER BY id", (after_id,)).fetchall()
+    return cur.execute("SELECT * FROM pgtide.sync_log WHERE id > %s ORDER BY id", (after_id,)).fetchall()
 
 
 def row_image(conn: Conn, table: str, row_id: Any) -> dict[str, Any]:
@@ -243,8 +243,8 @@ def writer_role(conn: Conn) -> Iterator[str]:
     try:
         conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON branches TO {}").format(ident))
         # What a writer of tracked tables needs: append to the log, read the doorbell flag.
-        conn.execute(sql.SQL("GRANT INSERT ON sync_log TO {}").format(ident))
-        conn.execute(sql.SQL("GRANT SELECT ON sync_doorbell TO {}").format(ident))
+        conn.execute(sql.SQL("GRANT INSERT ON pgtide.sync_log TO {}").format(ident))
+        conn.execute(sql.SQL("GRANT SELECT ON pgtide.sync_doorbell TO {}").format(ident))
         yield role
     finally:
         conn.execute("RESET ROLE")
@@ -284,7 +284,7 @@ def test_plain_sql_multi_row_update_logs_one_row_per_changed_row(conn: Conn) -> 
 
 def test_every_demo_table_is_tracked_with_both_capture_triggers(conn: Conn) -> None:
     tracked = conn.execute(
-        "SELECT table_name, pk_columns FROM sync_tracked ORDER BY table_name"
+        "SELECT table_name, pk_columns FROM pgtide.sync_tracked ORDER BY table_name"
     ).fetchall()
     assert tracked == [(t, ["id"]) for t in DOMAIN_TABLES]
     for table in DOMAIN_TABLES:
@@ -458,7 +458,7 @@ def test_tracked_user_table_with_composite_key_logs_both_key_columns(
     cols = scalar(conn, "SELECT pgtide.track_v1(%s)", (user_table,))
     assert cols == ["region", "n"]
     assert conn.execute(
-        "SELECT pk_columns FROM sync_tracked WHERE schema_name = 'public' AND table_name = %s",
+        "SELECT pk_columns FROM pgtide.sync_tracked WHERE schema_name = 'public' AND table_name = %s",
         (user_table,),
     ).fetchall() == [(["region", "n"],)]
 
@@ -493,7 +493,7 @@ def test_table_without_primary_key_is_refused_with_a_clear_message(conn: Conn) -
         conn.execute("SELECT pgtide.track_v1('notes')")
 
     assert scalar(conn, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'notes'::regclass") == 0
-    assert scalar(conn, "SELECT count(*) FROM sync_tracked WHERE table_name = 'notes'") == 0
+    assert scalar(conn, "SELECT count(*) FROM pgtide.sync_tracked WHERE table_name = 'notes'") == 0
 
 
 def test_tracking_a_nonexistent_table_errors(conn: Conn) -> None:
@@ -529,7 +529,7 @@ def test_track_is_idempotent(conn: Conn, user_table: str) -> None:
     ).fetchall()
     assert triggers == [("pgtide_capture",), ("pgtide_capture_truncate",)]
     assert (
-        scalar(conn, "SELECT count(*) FROM sync_tracked WHERE table_name = %s", (user_table,)) == 1
+        scalar(conn, "SELECT count(*) FROM pgtide.sync_tracked WHERE table_name = %s", (user_table,)) == 1
     )
 
     conn.execute("INSERT INTO shelf_items VALUES ('eu', 1, 'x', 1)")
@@ -555,7 +555,7 @@ def test_untrack_stops_capture(conn: Conn, user_table: str) -> None:
 
     assert [r["op"] for r in log_rows(conn, user_table)] == ["INSERT"]
     assert (
-        scalar(conn, "SELECT count(*) FROM sync_tracked WHERE table_name = %s", (user_table,)) == 0
+        scalar(conn, "SELECT count(*) FROM pgtide.sync_tracked WHERE table_name = %s", (user_table,)) == 0
     )
     assert (
         scalar(conn, "SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass", (user_table,))
@@ -579,54 +579,54 @@ def test_update_delete_truncate_on_sync_log_are_rejected(conn: Conn) -> None:
     before = log_rows(conn)
 
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
-        conn.execute("UPDATE sync_log SET actor = 'mallory'")
+        conn.execute("UPDATE pgtide.sync_log SET actor = 'mallory'")
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
-        conn.execute("DELETE FROM sync_log")
+        conn.execute("DELETE FROM pgtide.sync_log")
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
-        conn.execute("TRUNCATE sync_log CASCADE")
-    # Plain TRUNCATE is stopped earlier by sync_order's foreign key; either way, refused.
+        conn.execute("TRUNCATE pgtide.sync_log CASCADE")
+    # Plain TRUNCATE is stopped earlier by pgtide.sync_order's foreign key; either way, refused.
     with pytest.raises(psycopg.errors.Error):
-        conn.execute("TRUNCATE sync_log")
+        conn.execute("TRUNCATE pgtide.sync_log")
 
     assert log_rows(conn) == before
 
 
 def test_update_delete_truncate_on_sync_order_are_rejected(conn: Conn) -> None:
     make_branch(conn)
-    conn.execute("INSERT INTO sync_order (seq, log_id) SELECT 1, min(id) FROM sync_log")
+    conn.execute("INSERT INTO pgtide.sync_order (seq, log_id) SELECT 1, min(id) FROM pgtide.sync_log")
 
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
-        conn.execute("UPDATE sync_order SET seq = 2")
+        conn.execute("UPDATE pgtide.sync_order SET seq = 2")
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
-        conn.execute("DELETE FROM sync_order")
+        conn.execute("DELETE FROM pgtide.sync_order")
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
-        conn.execute("TRUNCATE sync_order")
+        conn.execute("TRUNCATE pgtide.sync_order")
 
-    assert conn.execute("SELECT seq FROM sync_order").fetchall() == [(1,)]
+    assert conn.execute("SELECT seq FROM pgtide.sync_order").fetchall() == [(1,)]
 
 
 def test_retention_may_delete_but_still_not_update(conn: Conn) -> None:
     make_branch(conn, "B1")
     make_branch(conn, "B2")
     first, second = (r["id"] for r in log_rows(conn))
-    conn.execute("INSERT INTO sync_order (seq, log_id) VALUES (1, %s)", (first,))
+    conn.execute("INSERT INTO pgtide.sync_order (seq, log_id) VALUES (1, %s)", (first,))
 
     with conn.transaction():
         conn.execute("SET LOCAL pgtide.retention = 'on'")
         with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
-            conn.execute("UPDATE sync_log SET actor = 'retention'")
+            conn.execute("UPDATE pgtide.sync_log SET actor = 'retention'")
         with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
-            conn.execute("UPDATE sync_order SET seq = 5")
+            conn.execute("UPDATE pgtide.sync_order SET seq = 5")
         with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
-            conn.execute("TRUNCATE sync_order")
-        assert conn.execute("DELETE FROM sync_order WHERE log_id = %s", (first,)).rowcount == 1
-        assert conn.execute("DELETE FROM sync_log WHERE id = %s", (first,)).rowcount == 1
+            conn.execute("TRUNCATE pgtide.sync_order")
+        assert conn.execute("DELETE FROM pgtide.sync_order WHERE log_id = %s", (first,)).rowcount == 1
+        assert conn.execute("DELETE FROM pgtide.sync_log WHERE id = %s", (first,)).rowcount == 1
 
     assert [r["id"] for r in log_rows(conn)] == [second]
-    assert scalar(conn, "SELECT count(*) FROM sync_order") == 0
+    assert scalar(conn, "SELECT count(*) FROM pgtide.sync_order") == 0
     # The door closes with the transaction.
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
-        conn.execute("DELETE FROM sync_log")
+        conn.execute("DELETE FROM pgtide.sync_log")
 
 
 def test_retention_door_opens_only_for_on(conn: Conn) -> None:
@@ -634,7 +634,7 @@ def test_retention_door_opens_only_for_on(conn: Conn) -> None:
     for value in ("off", "true", "1", "ON", ""):
         with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
             conn.execute("SELECT set_config('pgtide.retention', %s, true)", (value,))
-            conn.execute("DELETE FROM sync_log")
+            conn.execute("DELETE FROM pgtide.sync_log")
     assert log_count(conn) == 1
 
 
@@ -680,7 +680,7 @@ def test_publish_rejects_an_empty_topic(conn: Conn) -> None:
 
 
 def test_write_rings_the_doorbell_while_the_sequencer_sleeps(conn: Conn, listener: Conn) -> None:
-    conn.execute("SELECT setval('sync_doorbell', 1)")
+    conn.execute("SELECT setval('pgtide.sync_doorbell', 1)")
     make_branch(conn)
 
     notes = list(listener.notifies(timeout=10, stop_after=1))
@@ -688,19 +688,19 @@ def test_write_rings_the_doorbell_while_the_sequencer_sleeps(conn: Conn, listene
 
 
 def test_publish_rings_the_doorbell(conn: Conn, listener: Conn) -> None:
-    conn.execute("SELECT setval('sync_doorbell', 1)")
+    conn.execute("SELECT setval('pgtide.sync_doorbell', 1)")
     conn.execute("SELECT pgtide.publish('t', '{}')")
     assert len(list(listener.notifies(timeout=10, stop_after=1))) == 1
 
 
 def test_truncate_rings_the_doorbell(conn: Conn, listener: Conn) -> None:
-    conn.execute("SELECT setval('sync_doorbell', 1)")
+    conn.execute("SELECT setval('pgtide.sync_doorbell', 1)")
     conn.execute("TRUNCATE stock_requests")
     assert len(list(listener.notifies(timeout=10, stop_after=1))) == 1
 
 
 def test_a_transaction_rings_once_however_many_rows_it_writes(conn: Conn, listener: Conn) -> None:
-    conn.execute("SELECT setval('sync_doorbell', 1)")
+    conn.execute("SELECT setval('pgtide.sync_doorbell', 1)")
     with conn.transaction():
         branch = make_branch(conn)
         for sku in ("A", "B", "C"):
@@ -710,7 +710,7 @@ def test_a_transaction_rings_once_however_many_rows_it_writes(conn: Conn, listen
 
 
 def test_write_is_silent_while_the_sequencer_polls(conn: Conn, listener: Conn) -> None:
-    conn.execute("SELECT setval('sync_doorbell', 0)")
+    conn.execute("SELECT setval('pgtide.sync_doorbell', 0)")
     branch = make_branch(conn)
     conn.execute("UPDATE branches SET city = 'Faro' WHERE id = %s", (branch,))
     assert log_count(conn) == 2  # committed and captured...
@@ -718,7 +718,7 @@ def test_write_is_silent_while_the_sequencer_polls(conn: Conn, listener: Conn) -
     assert list(listener.notifies(timeout=0.3)) == []  # ...but no NOTIFY
 
     # The listener does work: raise the flag and the next write rings.
-    conn.execute("SELECT setval('sync_doorbell', 1)")
+    conn.execute("SELECT setval('pgtide.sync_doorbell', 1)")
     make_branch(conn, "B2")
     assert len(list(listener.notifies(timeout=10, stop_after=1))) == 1
 
@@ -726,13 +726,13 @@ def test_write_is_silent_while_the_sequencer_polls(conn: Conn, listener: Conn) -
 def test_doorbell_sees_a_flag_raised_after_a_repeatable_read_snapshot(
     db_url: str, other: Conn, listener: Conn
 ) -> None:
-    other.execute("SELECT setval('sync_doorbell', 0)")
+    other.execute("SELECT setval('pgtide.sync_doorbell', 0)")
     with db.connect(db_url) as writer:
         writer.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         with writer.transaction():
             assert scalar(writer, "SHOW transaction_isolation") == "repeatable read"
             scalar(writer, "SELECT count(*) FROM branches")  # the snapshot is taken here
-            other.execute("SELECT setval('sync_doorbell', 1)")  # another session raises the flag
+            other.execute("SELECT setval('pgtide.sync_doorbell', 1)")  # another session raises the flag
             make_branch(writer)
             assert list(listener.notifies(timeout=0)) == []  # nothing before commit
     notes = list(listener.notifies(timeout=10, stop_after=1))
@@ -742,19 +742,19 @@ def test_doorbell_sees_a_flag_raised_after_a_repeatable_read_snapshot(
 def test_doorbell_sees_a_flag_lowered_after_a_repeatable_read_snapshot(
     db_url: str, other: Conn, listener: Conn
 ) -> None:
-    other.execute("SELECT setval('sync_doorbell', 1)")
+    other.execute("SELECT setval('pgtide.sync_doorbell', 1)")
     with db.connect(db_url) as writer:
         writer.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         with writer.transaction():
             scalar(writer, "SELECT count(*) FROM branches")
-            other.execute("SELECT setval('sync_doorbell', 0)")
+            other.execute("SELECT setval('pgtide.sync_doorbell', 0)")
             make_branch(writer)
     assert log_count(other) == 1
     assert list(listener.notifies(timeout=0.3)) == []
 
 
 def test_rolled_back_write_does_not_ring(conn: Conn, listener: Conn) -> None:
-    conn.execute("SELECT setval('sync_doorbell', 1)")
+    conn.execute("SELECT setval('pgtide.sync_doorbell', 1)")
     with conn.transaction(force_rollback=True):
         make_branch(conn)
     make_branch(conn, "B2")  # a committed write afterwards rings exactly once
@@ -766,7 +766,7 @@ def test_rolled_back_write_does_not_ring(conn: Conn, listener: Conn) -> None:
 
 
 def test_sync_log_identity_keeps_cache_1(conn: Conn) -> None:
-    seq = scalar(conn, "SELECT pg_get_serial_sequence('public.sync_log', 'id')")
+    seq = scalar(conn, "SELECT pg_get_serial_sequence('pgtide.sync_log', 'id')")
     assert seq is not None
     cache = scalar(
         conn,
@@ -794,7 +794,7 @@ def test_xid8_compares_numerically_not_as_text(conn: Conn) -> None:
         scalar(
             conn,
             "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
-            " WHERE attrelid = 'sync_log'::regclass AND attname = 'txid'",
+            " WHERE attrelid = 'pgtide.sync_log'::regclass AND attname = 'txid'",
         )
         == "xid8"
     )
@@ -804,20 +804,20 @@ def test_txid_index_serves_a_range_from_a_bound_xid8(conn: Conn) -> None:
     # Enough rows (with synthetic txids crossing powers of ten) for the planner to
     # prefer the index on its own.
     conn.execute(
-        "INSERT INTO sync_log (txid, schema_name, table_name, op)"
+        "INSERT INTO pgtide.sync_log (txid, schema_name, table_name, op)"
         " SELECT (990 + i)::text::xid8, 'public', 'x', 'MESSAGE' FROM generate_series(1, 20000) i"
     )
-    conn.execute("ANALYZE sync_log")
-    assert scalar(conn, "SELECT count(*) FROM sync_log WHERE txid >= %s::xid8", ("20985",)) == 6
+    conn.execute("ANALYZE pgtide.sync_log")
+    assert scalar(conn, "SELECT count(*) FROM pgtide.sync_log WHERE txid >= %s::xid8", ("20985",)) == 6
     assert [
         r[0]
         for r in conn.execute(
-            "SELECT txid FROM sync_log WHERE txid >= '999'::xid8 ORDER BY txid LIMIT 2"
+            "SELECT txid FROM pgtide.sync_log WHERE txid >= '999'::xid8 ORDER BY txid LIMIT 2"
         )
     ] == [999, 1000]
 
     with conn.transaction():
-        conn.execute("PREPARE since(xid8) AS SELECT * FROM sync_log WHERE txid >= $1")
+        conn.execute("PREPARE since(xid8) AS SELECT * FROM pgtide.sync_log WHERE txid >= $1")
         conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         plan = "\n".join(r[0] for r in conn.execute("EXPLAIN EXECUTE since('20985')"))
         conn.execute("DEALLOCATE since")
@@ -825,7 +825,7 @@ def test_txid_index_serves_a_range_from_a_bound_xid8(conn: Conn) -> None:
 
     # Compared as text, the index is useless (and the answer is wrong).
     text_plan = "\n".join(
-        r[0] for r in conn.execute("EXPLAIN SELECT * FROM sync_log WHERE txid::text >= '20985'")
+        r[0] for r in conn.execute("EXPLAIN SELECT * FROM pgtide.sync_log WHERE txid::text >= '20985'")
     )
     assert "sync_log_txid_idx" not in text_plan
 
@@ -937,7 +937,7 @@ def test_a_partitioned_table_is_logged_under_the_parent_name(conn: Conn) -> None
     conn.execute("UPDATE ev SET v = 'b'")
     conn.execute("TRUNCATE ev")
     rows = conn.execute(
-        "SELECT schema_name, table_name, op, pk FROM sync_log ORDER BY id"
+        "SELECT schema_name, table_name, op, pk FROM pgtide.sync_log ORDER BY id"
     ).fetchall()
     assert rows == [
         ("public", "ev", "INSERT", {"id": 1, "day": "2024-03-01"}),

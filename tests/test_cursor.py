@@ -33,7 +33,7 @@ def test_valid_cursors_parse(text: str, value: int) -> None:
         "١٢",
         str(MAX_CURSOR + 1),
         "9" * 20,
-        "1;DROP TABLE sync_log",
+        "1;DROP TABLE pgtide.sync_log",
         "null",
     ],
 )

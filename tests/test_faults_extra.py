@@ -6,7 +6,7 @@
    delivers nothing from it, and the writers it blocked go on in the right order.
 2. A client that disconnects at random moments (mid catch-up, mid live feed,
    right after connecting) and resumes with `Last-Event-ID` (or `since=`) while
-   writers run: the concatenation of what it read is exactly the `sync_log` rows
+   writers run: the concatenation of what it read is exactly the `pgtide.sync_log` rows
    matching its filter, in seq order, each once.
 
 Both end as tests/test_stream_faults.py does: a marker message after the writers
@@ -117,7 +117,7 @@ def passed(conn: psycopg.Connection[Any], txid: str) -> bool:
     """Whether the sequencer's durable state has moved past `txid`: below its next xid
     and not among the open ones it waits on (state written with each batch)."""
     row = conn.execute(
-        "SELECT %s::xid8 < next_xid AND NOT %s::xid8 = ANY(open_xids) FROM sync_sequencer",
+        "SELECT %s::xid8 < next_xid AND NOT %s::xid8 = ANY(open_xids) FROM pgtide.sync_sequencer",
         (txid, txid),
     ).fetchone()
     assert row is not None
@@ -126,7 +126,7 @@ def passed(conn: psycopg.Connection[Any], txid: str) -> bool:
 
 def beyond(conn: psycopg.Connection[Any], txid: str) -> bool:
     """Whether a batch has committed whose snapshot came after `txid` began."""
-    row = conn.execute("SELECT %s::xid8 < next_xid FROM sync_sequencer", (txid,)).fetchone()
+    row = conn.execute("SELECT %s::xid8 < next_xid FROM pgtide.sync_sequencer", (txid,)).fetchone()
     assert row is not None
     return bool(row[0])
 
@@ -189,7 +189,7 @@ def kill_doomed(
 
 def doomed_in_log(conn: psycopg.Connection[Any], txids: list[str], tags: list[str]) -> int:
     row = conn.execute(
-        "SELECT count(*) FROM sync_log WHERE txid = ANY(%s::xid8[]) OR mutation_id = ANY(%s) "
+        "SELECT count(*) FROM pgtide.sync_log WHERE txid = ANY(%s::xid8[]) OR mutation_id = ANY(%s) "
         "OR (new_row ->> 'val') = '-999' OR (new_row ->> 'n') = '-999'",
         (txids, tags),
     ).fetchone()
@@ -208,11 +208,11 @@ def test_a_writer_killed_mid_transaction_leaves_no_trace(
         s.synced()
 
     # Quiet: nothing else writes, so the tables and the log must be exactly as before.
-    before, log_before = checksum(sql), sql.execute("SELECT count(*) FROM sync_log").fetchone()
+    before, log_before = checksum(sql), sql.execute("SELECT count(*) FROM pgtide.sync_log").fetchone()
     txids = [kill_doomed(sql, server, "idle", "doomed-idle", quiet=True)]
     txids.append(kill_doomed(sql, server, "statement", "doomed-statement", quiet=True))
     assert checksum(sql) == before
-    assert sql.execute("SELECT count(*) FROM sync_log").fetchone() == log_before
+    assert sql.execute("SELECT count(*) FROM pgtide.sync_log").fetchone() == log_before
     publish_marker(sql, 1)
     for s in (every_sub, low_sub):
         got = len(s.got)

@@ -14,17 +14,21 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from api.apps import load_app
 from cdc import db
 from cdc.migrate import MigrationReport, migrate, pending, schema_dir, triggers_sql
 from tests.conftest import with_dbname
 
 Conn = psycopg.Connection[Any]
 
-# Every migration file, in name order (yoyo's order here, as each depends on an earlier one).
-ALL_MIGRATIONS = sorted(
+# Every migration file of the engine, in name order (yoyo's order here, as each depends on
+# an earlier one), then the shipped app's, under ids `<app>/<file>`.
+ENGINE_MIGRATIONS = sorted(
     p.stem for p in (schema_dir() / "migrations").iterdir()
     if p.suffix in (".sql", ".py") and not p.name.endswith(".rollback.sql")
 )
+ALL_MIGRATIONS = [*ENGINE_MIGRATIONS, "dynapharm/0001_domain"]
+DYNAPHARM = load_app("dynapharm").install()
 # Functions a migration defines, not triggers.sql: the seal digest and chaining are frozen
 # there because every seal already written depends on them byte for byte (docs/audit.md).
 MIGRATION_FUNCTIONS = ["log_digest_v1", "seal_row_v1"]
@@ -82,22 +86,22 @@ def fingerprint(conn: Conn) -> dict[str, Any]:
             " encode(tgargs, 'escape') FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1, 2"
         ).fetchall(),
         "tracked": conn.execute(
-            "SELECT schema_name, table_name, pk_columns, tracked_at FROM sync_tracked ORDER BY 1, 2"
+            "SELECT schema_name, table_name, pk_columns, tracked_at FROM pgtide.sync_tracked ORDER BY 1, 2"
         ).fetchall(),
-        "sequencer": conn.execute("SELECT * FROM sync_sequencer").fetchall(),
-        "log": conn.execute("SELECT count(*) FROM sync_log").fetchall(),
+        "sequencer": conn.execute("SELECT * FROM pgtide.sync_sequencer").fetchall(),
+        "log": conn.execute("SELECT count(*) FROM pgtide.sync_log").fetchall(),
         "digest": recorded_digest(conn),
     }
 
 
 def capture_works(conn: Conn) -> None:
-    """A write to a demo table leaves exactly one sync_log row."""
-    row = conn.execute("SELECT coalesce(max(id), 0) FROM sync_log").fetchone()
+    """A write to a demo table leaves exactly one pgtide.sync_log row."""
+    row = conn.execute("SELECT coalesce(max(id), 0) FROM pgtide.sync_log").fetchone()
     assert row is not None
     conn.execute(
         "INSERT INTO branches (code, name) VALUES (%s, 'Probe')", (f"P{uuid.uuid4().hex[:8]}",)
     )
-    ops = conn.execute("SELECT op, table_name FROM sync_log WHERE id > %s", (row[0],)).fetchall()
+    ops = conn.execute("SELECT op, table_name FROM pgtide.sync_log WHERE id > %s", (row[0],)).fetchall()
     assert ops == [("INSERT", "branches")]
 
 
@@ -132,31 +136,33 @@ def test_migrate_on_a_migrated_database_changes_nothing(db_url: str, conn: Conn)
 def test_migrate_on_an_empty_database_applies_every_migration_then_nothing(
     empty_db_url: str,
 ) -> None:
-    assert pending(empty_db_url) == ALL_MIGRATIONS
+    assert pending(empty_db_url) == ENGINE_MIGRATIONS
+    assert pending(empty_db_url, [DYNAPHARM]) == ALL_MIGRATIONS
 
-    first = migrate(empty_db_url)
+    first = migrate(empty_db_url, [DYNAPHARM])
 
     assert first.applied == ALL_MIGRATIONS
+    assert first.installed_apps == ["dynapharm"]
     assert first.triggers_applied is True  # and the digest of triggers.sql is recorded
     with db.connect(empty_db_url) as conn:
         assert file_sha256() in (recorded_digest(conn) or "")
         assert db_functions(conn) == file_functions()
-        assert [r[0] for r in conn.execute("SELECT table_name FROM sync_tracked ORDER BY 1")] == (
+        assert [r[0] for r in conn.execute("SELECT table_name FROM pgtide.sync_tracked ORDER BY 1")] == (
             DOMAIN_TABLES
         )
-        assert conn.execute("SELECT last_seq, open_xids FROM sync_sequencer").fetchall() == [
+        assert conn.execute("SELECT last_seq, open_xids FROM pgtide.sync_sequencer").fetchall() == [
             (0, [])
         ]
-        assert conn.execute("SELECT last_value FROM sync_doorbell").fetchall() == [(1,)]
+        assert conn.execute("SELECT last_value FROM pgtide.sync_doorbell").fetchall() == [(1,)]
         capture_works(conn)
         before = fingerprint(conn)
 
-    second = migrate(empty_db_url)
+    second = migrate(empty_db_url, [DYNAPHARM])
 
     assert second == MigrationReport(applied=[], triggers_applied=False)
     with db.connect(empty_db_url) as conn:
         assert fingerprint(conn) == before
-    assert pending(empty_db_url) == []
+    assert pending(empty_db_url, [DYNAPHARM]) == []
 
 
 def test_concurrent_migrations_of_an_empty_database_apply_each_migration_once(
@@ -167,7 +173,7 @@ def test_concurrent_migrations_of_an_empty_database_apply_each_migration_once(
 
     def run() -> None:
         try:
-            reports.append(migrate(empty_db_url))
+            reports.append(migrate(empty_db_url, [DYNAPHARM]))
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -199,12 +205,12 @@ def test_guard_triggers_are_installed_on_sync_log_and_sync_order(conn: Conn) -> 
         " WHERE tgfoid = 'pgtide.append_only_v1()'::regprocedure ORDER BY 1, 2"
     ).fetchall()
     assert rows == [
-        ("sync_log", "sync_log_append_only", "O"),
-        ("sync_log", "sync_log_no_truncate", "O"),
-        ("sync_order", "sync_order_append_only", "O"),
-        ("sync_order", "sync_order_no_truncate", "O"),
-        ("sync_seal", "sync_seal_append_only", "O"),
-        ("sync_seal", "sync_seal_no_truncate", "O"),
+        ("pgtide.sync_log", "sync_log_append_only", "O"),
+        ("pgtide.sync_log", "sync_log_no_truncate", "O"),
+        ("pgtide.sync_order", "sync_order_append_only", "O"),
+        ("pgtide.sync_order", "sync_order_no_truncate", "O"),
+        ("pgtide.sync_seal", "sync_seal_append_only", "O"),
+        ("pgtide.sync_seal", "sync_seal_no_truncate", "O"),
     ]
 
 
@@ -236,19 +242,19 @@ def test_reapplying_triggers_sql_keeps_tracked_user_tables(db_url: str, conn: Co
     conn.execute("CREATE TABLE shelf (region text, n int, qty int, PRIMARY KEY (region, n))")
     conn.execute("SELECT pgtide.track_v1('shelf')")
     conn.execute("SELECT pgtide.untrack_v1('distributors')")
-    tracked = conn.execute("SELECT * FROM sync_tracked ORDER BY 1, 2").fetchall()
+    tracked = conn.execute("SELECT * FROM pgtide.sync_tracked ORDER BY 1, 2").fetchall()
     conn.execute("COMMENT ON SCHEMA pgtide IS NULL")
 
     assert migrate(db_url).triggers_applied is True
 
-    assert conn.execute("SELECT * FROM sync_tracked ORDER BY 1, 2").fetchall() == tracked
+    assert conn.execute("SELECT * FROM pgtide.sync_tracked ORDER BY 1, 2").fetchall() == tracked
     conn.execute("INSERT INTO shelf VALUES ('eu', 1, 2)")
     branch = conn.execute(
         "INSERT INTO branches (code, name) VALUES ('D', 'D') RETURNING id"
     ).fetchone()
     assert branch is not None
     conn.execute("INSERT INTO distributors (branch_id, name) VALUES (%s, 'Acme')", (branch[0],))
-    rows = conn.execute("SELECT table_name, pk FROM sync_log ORDER BY id").fetchall()
+    rows = conn.execute("SELECT table_name, pk FROM pgtide.sync_log ORDER BY id").fetchall()
     assert [t for t, _ in rows] == ["shelf", "branches"]  # distributors stays untracked
     assert rows[0][1] == {"region": "eu", "n": 1}
 
@@ -276,5 +282,5 @@ def test_reapplying_triggers_sql_reattaches_capture_to_tracked_tables(db_url: st
     assert report.triggers_applied
     with db.connect(db_url) as conn:
         conn.execute("INSERT INTO mine VALUES (1)")
-        row = conn.execute("SELECT schema_name, table_name, pk FROM sync_log").fetchone()
+        row = conn.execute("SELECT schema_name, table_name, pk FROM pgtide.sync_log").fetchone()
     assert row == ("public", "mine", {"id": 1})

@@ -206,7 +206,7 @@ def wait_until_sequenced(url: str, timeout: float) -> None:
         conn.execute("LISTEN pgtide_sequenced")
         while True:
             row = conn.execute(
-                "SELECT (SELECT count(*) FROM sync_log), (SELECT count(*) FROM sync_order)"
+                "SELECT (SELECT count(*) FROM pgtide.sync_log), (SELECT count(*) FROM pgtide.sync_order)"
             ).fetchone()
             assert row is not None
             if row[0] == row[1]:
@@ -267,17 +267,17 @@ def test_every_committed_change_gets_one_dense_seq_in_true_order(workload_db: st
 
     # Exactly one seq per committed change, dense from 1.
     n_log, n_order, lo, hi, distinct = admin.execute(
-        """SELECT (SELECT count(*) FROM sync_log), count(*), min(seq), max(seq),
-                  count(DISTINCT log_id) FROM sync_order"""
+        """SELECT (SELECT count(*) FROM pgtide.sync_log), count(*), min(seq), max(seq),
+                  count(DISTINCT log_id) FROM pgtide.sync_order"""
     ).fetchone()
     assert n_log == n_order == distinct
     assert (lo, hi) == (1, n_order)
 
     # Nothing rolled back was logged; rolled-back savepoints left nothing.
-    logged_tags = {r[0] for r in admin.execute("SELECT DISTINCT mutation_id FROM sync_log")}
+    logged_tags = {r[0] for r in admin.execute("SELECT DISTINCT mutation_id FROM pgtide.sync_log")}
     assert not (logged_tags & work.aborted)
     negative = admin.execute(
-        "SELECT count(*) FROM sync_log WHERE table_name = 'scratch' AND (new_row->>'n')::int < 0"
+        "SELECT count(*) FROM pgtide.sync_log WHERE table_name = 'scratch' AND (new_row->>'n')::int < 0"
     ).fetchone()[0]
     assert negative == 0
     # Every committed writer transaction that changed something is logged.
@@ -286,7 +286,7 @@ def test_every_committed_change_gets_one_dense_seq_in_true_order(workload_db: st
     changes = admin.execute(
         """SELECT o.seq, l.id, l.txid::text::bigint, l.table_name, l.op, l.pk,
                   l.new_row, l.old_row
-             FROM sync_order o JOIN sync_log l ON l.id = o.log_id ORDER BY o.seq"""
+             FROM pgtide.sync_order o JOIN pgtide.sync_log l ON l.id = o.log_id ORDER BY o.seq"""
     ).fetchall()
 
     # Each row's changes in log id order (the true order for one row).
@@ -309,7 +309,7 @@ def test_every_committed_change_gets_one_dense_seq_in_true_order(workload_db: st
     pk_columns = tracked_pk_columns(admin, ["hot", "cold", "scratch"])
     replica = Replica(pk_columns)
     seed_rows = admin.execute(
-        "SELECT count(*) FROM sync_log WHERE table_name = 'hot' AND op = 'INSERT'"
+        "SELECT count(*) FROM pgtide.sync_log WHERE table_name = 'hot' AND op = 'INSERT'"
     ).fetchone()[0]
     assert seed_rows == HOT_ROWS
     for _seq, _id, _txid, table, op, _pk, new, old in changes:

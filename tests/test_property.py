@@ -10,7 +10,7 @@ filters), drop, resume with Last-Event-ID and read at random points.
 
 Then a marker is published and every subscriber reads up to it. Invariants:
 - each subscriber's events, concatenated over its connections, are exactly the
-  `sync_order` ⋈ `sync_log` rows matching its filter from where it started, in
+  `pgtide.sync_order` ⋈ `pgtide.sync_log` rows matching its filter from where it started, in
   seq order, each once, with the same data;
 - a replica built from the unfiltered subscriber's events equals the tables, and
   the branch-filtered one's equals that branch's rows;
@@ -512,11 +512,11 @@ class World:
                 self.check_branch_replica(s, cols)
         # Aborted writes left nothing; each applied mutation id was logged by one transaction.
         aborted = self.sql.execute(
-            "SELECT count(*) FROM sync_log WHERE pk ->> 'id' = ANY(%s)", (list(self.aborted_ids),)
+            "SELECT count(*) FROM pgtide.sync_log WHERE pk ->> 'id' = ANY(%s)", (list(self.aborted_ids),)
         ).fetchone()
         assert aborted == (0,), self.aborted_ids
         per_mutation = self.sql.execute(
-            "SELECT mutation_id, count(DISTINCT txid) FROM sync_log "
+            "SELECT mutation_id, count(DISTINCT txid) FROM pgtide.sync_log "
             "WHERE mutation_id LIKE 'm-%' GROUP BY 1 HAVING count(DISTINCT txid) > 1"
         ).fetchall()
         assert per_mutation == []
@@ -527,7 +527,7 @@ class World:
                   f"statuses {sorted(set(self.statuses))}, events "
                   f"{[len(s.got) for s in self.subs]}")  # fmt: skip
         logged_ids = {r[0] for r in self.sql.execute(
-            "SELECT DISTINCT mutation_id FROM sync_log WHERE mutation_id LIKE 'm-%'")}  # fmt: skip
+            "SELECT DISTINCT mutation_id FROM pgtide.sync_log WHERE mutation_id LIKE 'm-%'")}  # fmt: skip
         assert logged_ids == applied
 
     def check_branch_replica(self, s: Subscriber, cols: dict[str, list[str]]) -> None:

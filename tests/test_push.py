@@ -79,7 +79,9 @@ def test_a_push_resent_in_pieces_to_another_server_process_applies_each_mutation
     assert statuses(push(api, queue[:2])) == ["applied"] * 2
     other = Server(live[1]).start()  # a fresh process: what it knows comes from the database
     try:
-        r = httpx.post(f"{other.base}/api/sync/push", json={"mutations": queue[:4]}, timeout=30)
+        # The same sender (client_id; auth is off): its ids are its own namespace.
+        body = {"client_id": "tablet-3", "mutations": queue[:4]}
+        r = httpx.post(f"{other.base}/api/sync/push", json=body, timeout=30)
         assert statuses(r.json()["results"]) == ["duplicate"] * 2 + ["applied"] * 2
     finally:
         other.stop()

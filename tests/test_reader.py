@@ -1,4 +1,4 @@
-"""The log reader: changes after a cursor, in seq order, joined to sync_log."""
+"""The log reader: changes after a cursor, in seq order, joined to pgtide.sync_log."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 in batches, recorded; verify still passes; a stream resuming from a removed cursor gets
 `reset`.
 
-Old changes are written straight into sync_log with an old `at` (inserts pass the
+Old changes are written straight into pgtide.sync_log with an old `at` (inserts pass the
 append-only guard), then sequenced by a real sequencer like any other change.
 """
 
@@ -27,7 +27,7 @@ KEEP = timedelta(days=30)
 OLD = 12
 
 OLD_ROWS = """
-INSERT INTO sync_log (at, schema_name, table_name, op, pk, new_row)
+INSERT INTO pgtide.sync_log (at, schema_name, table_name, op, pk, new_row)
 SELECT now() - interval '40 days' + g * interval '1 minute', 'public', 't', 'INSERT',
        jsonb_build_object('id', g), jsonb_build_object('id', g, 'v', 'old')
   FROM generate_series(1, %(n)s) g
@@ -49,7 +49,7 @@ def url(db_url: str) -> str:
 
 def log(conn: psycopg.Connection[Any]) -> list[tuple[int, str]]:
     rows = conn.execute(
-        "SELECT o.seq, l.new_row->>'v' FROM sync_order o JOIN sync_log l ON l.id = o.log_id "
+        "SELECT o.seq, l.new_row->>'v' FROM pgtide.sync_order o JOIN pgtide.sync_log l ON l.id = o.log_id "
         "ORDER BY o.seq"
     ).fetchall()
     return [(int(s), v) for s, v in rows]
@@ -64,15 +64,15 @@ def test_retention_removes_only_what_is_older_than_the_limit(url: str) -> None:
         assert report.removed_rows == OLD and report.removed_through == OLD
         assert batches == [5, 10, 12]  # three short transactions
         assert log(conn) == [(OLD + i, "new") for i in range(1, 9)]
-        assert conn.execute("SELECT count(*) FROM sync_log").fetchone() == (8,)
+        assert conn.execute("SELECT count(*) FROM pgtide.sync_log").fetchone() == (8,)
         record = conn.execute(
-            "SELECT keep_interval, removed_through, removed_rows FROM sync_retention"
+            "SELECT keep_interval, removed_through, removed_rows FROM pgtide.sync_retention"
         ).fetchall()
         assert record == [(KEEP, OLD, OLD)]
         # Nothing more is old enough: a second run removes nothing and records nothing.
         again = run_retention(conn, KEEP)
         assert again.removed_rows == 0 and again.removed_through == OLD
-        assert conn.execute("SELECT count(*) FROM sync_retention").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM pgtide.sync_retention").fetchone() == (1,)
 
 
 def test_the_log_still_verifies_after_retention(url: str) -> None:
@@ -96,13 +96,13 @@ def test_a_seal_cut_by_an_interrupted_run_is_checked_on_its_remaining_rows(url: 
     with db.connect(url) as conn:
         with pytest.raises(Interrupted):
             run_retention(conn, KEEP, batch=3, on_batch=stop_after_two)
-        assert conn.execute("SELECT min(seq) FROM sync_order").fetchone() == (7,)
+        assert conn.execute("SELECT min(seq) FROM pgtide.sync_order").fetchone() == (7,)
         report = verify(conn)
         assert report.intact and report.removed_through == 6 and report.rows == OLD + 8 - 6
         with conn.transaction():
             conn.execute("SET LOCAL session_replication_role = replica")
-            conn.execute("UPDATE sync_log SET actor = 'x' WHERE id = "
-                         "(SELECT log_id FROM sync_order WHERE seq = 8)")  # fmt: skip
+            conn.execute("UPDATE pgtide.sync_log SET actor = 'x' WHERE id = "
+                         "(SELECT log_id FROM pgtide.sync_order WHERE seq = 8)")  # fmt: skip
         assert [(p.kind, p.seq) for p in verify(conn).problems] == [("changed", 8)]
         # The next run goes on from the record.
         assert run_retention(conn, KEEP).removed_through == OLD
@@ -111,9 +111,9 @@ def test_a_seal_cut_by_an_interrupted_run_is_checked_on_its_remaining_rows(url: 
 def test_unsequenced_old_changes_are_never_removed(url: str) -> None:
     with db.connect(url) as conn:
         conn.execute(OLD_ROWS, {"n": 3})  # committed, old, but no sequencer has seen them
-        before = conn.execute("SELECT count(*) FROM sync_log").fetchone()
+        before = conn.execute("SELECT count(*) FROM pgtide.sync_log").fetchone()
         run_retention(conn, KEEP)
-        after = conn.execute("SELECT count(*) FROM sync_log").fetchone()
+        after = conn.execute("SELECT count(*) FROM pgtide.sync_log").fetchone()
     assert before is not None and after is not None
     assert int(before[0]) - int(after[0]) == OLD  # only the sequenced old ones
 
@@ -192,6 +192,6 @@ def test_serve_runs_retention_when_asked(url: str) -> None:
             finally:
                 await asyncio.to_thread(srv.stop)
         with db.connect(url) as conn:
-            assert conn.execute("SELECT min(seq) FROM sync_order").fetchone() == (OLD + 1,)
+            assert conn.execute("SELECT min(seq) FROM pgtide.sync_order").fetchone() == (OLD + 1,)
 
     asyncio.run(asyncio.wait_for(scenario(), 60))

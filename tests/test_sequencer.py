@@ -48,7 +48,7 @@ async def running(seq: Sequencer) -> AsyncIterator[Sequencer]:
 
 async def counts(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int]:
     cur = await conn.execute(
-        "SELECT (SELECT count(*) FROM sync_log), (SELECT count(*) FROM sync_order)"
+        "SELECT (SELECT count(*) FROM pgtide.sync_log), (SELECT count(*) FROM pgtide.sync_order)"
     )
     row = await cur.fetchone()
     assert row is not None
@@ -56,7 +56,7 @@ async def counts(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int]:
 
 
 async def wait_sequenced(url: str, n: int, timeout: float = 20) -> None:
-    """Wait, woken by the per-batch NOTIFY, until sync_order has `n` rows."""
+    """Wait, woken by the per-batch NOTIFY, until pgtide.sync_order has `n` rows."""
     async with await db.aconnect(url) as conn:
         await conn.execute("LISTEN pgtide_sequenced")
         loop = asyncio.get_running_loop()
@@ -144,7 +144,7 @@ def test_backlog_is_sequenced_in_chunks_of_whole_transactions(url: str) -> None:
     assert seq.stats.batches >= 11
     with db.connect(url) as conn:
         rows = conn.execute(
-            "SELECT o.seq, l.id, l.txid FROM sync_order o JOIN sync_log l ON l.id = o.log_id "
+            "SELECT o.seq, l.id, l.txid FROM pgtide.sync_order o JOIN pgtide.sync_log l ON l.id = o.log_id "
             "ORDER BY o.seq"
         ).fetchall()
     assert [r[0] for r in rows] == list(range(1, 261))

@@ -243,16 +243,16 @@ def test_snapshot_under_concurrent_writes_is_followed_by_exactly_the_missing_cha
         for t in threads:
             t.join()
     assert not errors, errors
-    head = sql.execute("SELECT last_seq FROM sync_sequencer").fetchone()
+    head = sql.execute("SELECT last_seq FROM pgtide.sync_sequencer").fetchone()
     # Wait for the sequencer to take the writers' last commits, then for the stream.
     with db.connect(db_url) as w:
         w.execute("LISTEN pgtide_sequenced")
         while sql.execute(
-            "SELECT (SELECT count(*) FROM sync_log) > (SELECT count(*) FROM sync_order)"
+            "SELECT (SELECT count(*) FROM pgtide.sync_log) > (SELECT count(*) FROM pgtide.sync_order)"
         ).fetchone() == (True,):
             for _ in w.notifies(timeout=1, stop_after=1):
                 pass
-        final = int(w.execute("SELECT last_seq FROM sync_sequencer").fetchone()[0])  # type: ignore[index]
+        final = int(w.execute("SELECT last_seq FROM pgtide.sync_sequencer").fetchone()[0])  # type: ignore[index]
     assert head is not None
     pk_columns = tracked_pk_columns(sql, ["clients"])
     replica = Replica(pk_columns)

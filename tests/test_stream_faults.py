@@ -4,7 +4,7 @@ processes, real SSE clients.
 Every test ends the same way: a marker message (`pgtide.publish('fin', ...)`,
 which every subscriber selects with `topics=fin`) is committed after the
 writers stop; each subscriber reads up to it, and what it received must be
-exactly the `sync_order` ⋈ `sync_log` rows up to the marker that match its
+exactly the `pgtide.sync_order` ⋈ `pgtide.sync_log` rows up to the marker that match its
 filter: every change once, in seq order, none missing, none extra. Replicas
 built from the events (checking each UPDATE/DELETE against the current row)
 must equal the tables.
@@ -152,7 +152,7 @@ def logged(conn: psycopg.Connection[Any], upto: int) -> list[Event]:
     """Every sequenced change up to seq `upto`, from the database, shaped like events."""
     rows = conn.execute(
         """SELECT o.seq, l.id, l.txid::text, l.table_name, l.op, l.new_row, l.old_row
-             FROM sync_order o JOIN sync_log l ON l.id = o.log_id
+             FROM pgtide.sync_order o JOIN pgtide.sync_log l ON l.id = o.log_id
             WHERE o.seq <= %s ORDER BY o.seq""",
         (upto,),
     ).fetchall()
@@ -237,7 +237,7 @@ class Writers:
 
     They live through a database outage: a transaction cut by it is not
     retried (it may or may not have committed; the tests compare the stream
-    with `sync_log`, not with what the writers attempted).
+    with `pgtide.sync_log`, not with what the writers attempted).
     """
 
     work: Workload
@@ -458,7 +458,7 @@ def test_postgres_restart_while_clients_stream_and_write(
     upto = stays.got[-1]["seq"]
     assert_exactly(cut.got + resumed.got, [e for e in logged(sql, upto) if every(e)], "resumed")
     # Nothing logged escaped the sequencer (and so the stream): the stream is the log.
-    n_log = sql.execute("SELECT count(*) FROM sync_log").fetchone()
+    n_log = sql.execute("SELECT count(*) FROM pgtide.sync_log").fetchone()
     assert n_log == (upto,)
     assert_rows_in_true_order(stays.got, "connected throughout")
     assert_replica(sql, stays.got, ["hot", "cold", "scratch"])

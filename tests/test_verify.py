@@ -57,7 +57,7 @@ def tamper(url: str, *statements: str) -> None:
 
 def log_id(url: str, seq: int) -> int:
     with db.connect(url) as conn:
-        row = conn.execute("SELECT log_id FROM sync_order WHERE seq = %s", (seq,)).fetchone()
+        row = conn.execute("SELECT log_id FROM pgtide.sync_order WHERE seq = %s", (seq,)).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -71,7 +71,7 @@ def test_the_sequencer_chains_one_seal_per_batch(url: str) -> None:
     with db.connect(url) as conn:
         seals = conn.execute(
             "SELECT seal_no, first_seq, last_seq, hash, prev_hash, min_at, max_at, sealed_at "
-            "FROM sync_seal ORDER BY seal_no"
+            "FROM pgtide.sync_seal ORDER BY seal_no"
         ).fetchall()
     assert seals[0][:3] == (0, 1, 0) and bytes(seals[0][3]) == hashlib.sha256(b"").digest()
     assert len(seals) >= 4
@@ -93,28 +93,28 @@ def test_an_intact_log_verifies_up_to_its_last_cursor(url: str) -> None:
 
 def test_an_edited_row_is_named(url: str) -> None:
     lid = log_id(url, 12)
-    tamper(url, f'UPDATE sync_log SET new_row = new_row || \'{{"v": "forged"}}\' WHERE id = {lid}')
+    tamper(url, f'UPDATE pgtide.sync_log SET new_row = new_row || \'{{"v": "forged"}}\' WHERE id = {lid}')
     report = check(url)
     assert [(p.kind, p.seq, p.log_id) for p in report.problems] == [("changed", 12, lid)]
     assert report.intact_through == 11
     result = CliRunner().invoke(cli, ["audit", "verify"], env={"DATABASE_URL": url})
     assert result.exit_code == 1
     assert "intact only up to cursor 11" in result.stdout
-    assert f"seq 12 (sync_log id {lid}) was changed" in result.stdout
+    assert f"seq 12 (pgtide.sync_log id {lid}) was changed" in result.stdout
 
 
 def test_an_edited_actor_or_time_is_named_too(url: str) -> None:
     tamper(
         url,
-        f"UPDATE sync_log SET actor = 'someone-else' WHERE id = {log_id(url, 3)}",
-        f"UPDATE sync_log SET at = at - interval '1 day' WHERE id = {log_id(url, 20)}",
+        f"UPDATE pgtide.sync_log SET actor = 'someone-else' WHERE id = {log_id(url, 3)}",
+        f"UPDATE pgtide.sync_log SET at = at - interval '1 day' WHERE id = {log_id(url, 20)}",
     )
     assert [(p.kind, p.seq) for p in check(url).problems] == [("changed", 3), ("changed", 20)]
 
 
 def test_a_deleted_row_is_named(url: str) -> None:
     lid = log_id(url, 17)
-    tamper(url, "DELETE FROM sync_order WHERE seq = 17", f"DELETE FROM sync_log WHERE id = {lid}")
+    tamper(url, "DELETE FROM pgtide.sync_order WHERE seq = 17", f"DELETE FROM pgtide.sync_log WHERE id = {lid}")
     report = check(url)
     assert [(p.kind, p.seq) for p in report.problems] == [("removed", 17)]
     assert "seq 17 was removed" in report.problems[0].detail
@@ -122,17 +122,17 @@ def test_a_deleted_row_is_named(url: str) -> None:
 
 def test_a_log_row_deleted_under_its_order_row_is_named(url: str) -> None:
     lid = log_id(url, 8)
-    tamper(url, f"DELETE FROM sync_log WHERE id = {lid}")
+    tamper(url, f"DELETE FROM pgtide.sync_log WHERE id = {lid}")
     assert [(p.kind, p.seq, p.log_id) for p in check(url).problems] == [("removed", 8, lid)]
 
 
 def test_an_inserted_row_is_named(url: str) -> None:
     tamper(
         url,
-        "INSERT INTO sync_log (schema_name, table_name, op, pk, new_row) "
+        "INSERT INTO pgtide.sync_log (schema_name, table_name, op, pk, new_row) "
         """VALUES ('public', 't', 'INSERT', '{"id": 999}', '{"id": 999, "v": "x"}')""",
-        f"INSERT INTO sync_order VALUES ({ROWS + 1}, (SELECT max(id) FROM sync_log))",
-        f"UPDATE sync_sequencer SET last_seq = {ROWS + 1}",
+        f"INSERT INTO pgtide.sync_order VALUES ({ROWS + 1}, (SELECT max(id) FROM pgtide.sync_log))",
+        f"UPDATE pgtide.sync_sequencer SET last_seq = {ROWS + 1}",
     )
     report = check(url)
     assert [(p.kind, p.seq) for p in report.problems] == [("inserted", ROWS + 1)]
@@ -143,15 +143,15 @@ def test_a_row_swapped_for_another_is_named(url: str) -> None:
     """The order row pointed at a forged log row: the row at that seq changed."""
     tamper(
         url,
-        "INSERT INTO sync_log (schema_name, table_name, op, pk, new_row) "
+        "INSERT INTO pgtide.sync_log (schema_name, table_name, op, pk, new_row) "
         """VALUES ('public', 't', 'INSERT', '{"id": 5}', '{"id": 5, "v": "forged"}')""",
-        "UPDATE sync_order SET log_id = (SELECT max(id) FROM sync_log) WHERE seq = 6",
+        "UPDATE pgtide.sync_order SET log_id = (SELECT max(id) FROM pgtide.sync_log) WHERE seq = 6",
     )
     assert [(p.kind, p.seq) for p in check(url).problems] == [("changed", 6)]
 
 
 def test_a_rewritten_seal_is_reported(url: str) -> None:
-    tamper(url, "UPDATE sync_seal SET hash = sha256('x'::bytea) WHERE seal_no = 2")
+    tamper(url, "UPDATE pgtide.sync_seal SET hash = sha256('x'::bytea) WHERE seal_no = 2")
     problems = check(url).problems
     assert problems and all(p.kind == "seal" for p in problems)
     assert any(p.seal_no == 2 for p in problems)  # its own rows no longer hash to it
@@ -170,7 +170,7 @@ def test_verify_reads_one_snapshot_while_the_sequencer_seals(url: str) -> None:
 def test_the_digest_ignores_session_settings(url: str) -> None:
     """The canonical text does not depend on TimeZone, DateStyle or extra_float_digits."""
     with db.connect(url) as conn:
-        query = "SELECT pgtide.log_digest_v1(o.seq, l) FROM sync_order o JOIN sync_log l " \
+        query = "SELECT pgtide.log_digest_v1(o.seq, l) FROM pgtide.sync_order o JOIN pgtide.sync_log l " \
                 "ON l.id = o.log_id ORDER BY o.seq"  # fmt: skip
         plain = conn.execute(query).fetchall()
         conn.execute("SET TimeZone = 'Asia/Kolkata'; SET DateStyle = 'SQL, DMY'; "
@@ -183,7 +183,7 @@ def test_the_digest_ignores_session_settings(url: str) -> None:
 def tamper_guarded(url: str) -> None:
     """Without bypassing the guard, editing the seals is refused like the log."""
     with db.connect(url) as conn:
-        conn.execute("UPDATE sync_seal SET hash = hash WHERE seal_no = 1")
+        conn.execute("UPDATE pgtide.sync_seal SET hash = hash WHERE seal_no = 1")
 
 
 UNSEALED_BATCH = re.sub(
@@ -230,7 +230,7 @@ def test_migrating_a_sequenced_log_seals_it_and_old_sequencers_are_covered(
         sequence_all(url)
         with db.connect(url) as conn:
             last = conn.execute(
-                "SELECT first_seq, last_seq FROM sync_seal ORDER BY seal_no DESC LIMIT 1"
+                "SELECT first_seq, last_seq FROM pgtide.sync_seal ORDER BY seal_no DESC LIMIT 1"
             ).fetchone()
         assert last == (26, 33)  # the new seal covers the old sequencer's rows too
         report = check(url)

@@ -180,12 +180,12 @@ def test_an_array_is_created_in_one_transaction(api: Api) -> None:
     rows = r.json()["data"]
     assert [x["full_name"] for x in rows] == [f"Client {i}" for i in range(1000)]
     assert api.scalar(
-        "SELECT count(DISTINCT txid) || '/' || count(*) FROM sync_log"
+        "SELECT count(DISTINCT txid) || '/' || count(*) FROM pgtide.sync_log"
         " WHERE table_name = 'clients' AND new_row ->> 'branch_id' = %s",
         b,
     ) == f"1/{1000}"  # fmt: skip
     assert api.scalar(
-        "SELECT DISTINCT txid::text FROM sync_log WHERE new_row ->> 'branch_id' = %s", b
+        "SELECT DISTINCT txid::text FROM pgtide.sync_log WHERE new_row ->> 'branch_id' = %s", b
     ) == r.json()["txid"]  # fmt: skip
 
 
@@ -305,7 +305,7 @@ def test_a_repeated_idempotency_key_returns_the_first_response_and_writes_once(a
     assert first.headers["etag"] == again.headers["etag"]
     assert first.headers["location"] == again.headers["location"]
     assert again.headers["idempotent-replayed"] == "true"
-    assert api.scalar("SELECT count(*) FROM sync_log WHERE mutation_id = %s", key) == 1
+    assert api.scalar("SELECT count(*) FROM pgtide.sync_log WHERE mutation_id = %s", key) == 1
 
     other = api.http.post("/api/clients", json={**body, "full_name": "Twice"},
                           headers={**WHO, "Idempotency-Key": key})  # fmt: skip
@@ -365,7 +365,7 @@ def test_expired_keys_are_forgotten(api: Api) -> None:
     key = "old-" + new_id()
     body = {"branch_id": b, "full_name": "Old"}
     assert api.http.post("/api/clients", json=body, headers={"Idempotency-Key": key}).is_success
-    api.sql.execute("UPDATE sync_idempotency SET expires_at = now() - interval '1 s'"
+    api.sql.execute("UPDATE pgtide.sync_idempotency SET expires_at = now() - interval '1 s'"
                     " WHERE key = %s", (key,))  # fmt: skip
     r = api.http.post("/api/clients", json=body, headers={"Idempotency-Key": key})
     assert r.status_code == 201 and "idempotent-replayed" not in r.headers

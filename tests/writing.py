@@ -89,13 +89,13 @@ class Api:
     def log(self, pk: str) -> list[tuple[Any, ...]]:
         """(op, actor, origin, mutation_id, txid) of a row's changes, in log order."""
         return self.sql.execute(
-            "SELECT op, actor, origin, mutation_id, txid::text FROM sync_log"
+            "SELECT op, actor, origin, mutation_id, txid::text FROM pgtide.sync_log"
             " WHERE pk ->> 'id' = %s ORDER BY id",
             (pk,),
         ).fetchall()
 
     def checksum(self) -> tuple[Any, ...]:
-        """Every domain table's content, and the size of sync_log: equal means unchanged."""
+        """Every domain table's content, and the size of pgtide.sync_log: equal means unchanged."""
         query = "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t.id), '')) FROM {} t"
         parts = [self.scalar(query.format(t)) for t in DOMAIN_TABLES]
-        return (*parts, self.scalar("SELECT count(*) FROM sync_log"))
+        return (*parts, self.scalar("SELECT count(*) FROM pgtide.sync_log"))

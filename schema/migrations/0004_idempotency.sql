@@ -1,4 +1,4 @@
--- depends: 0003_domain
+-- depends: 0002_capture
 -- Bookkeeping of the write API (api/): remembered responses of writes sent with an
 -- Idempotency-Key, the mutation ids of offline pushes already applied, and the
 -- client clocks that last-write-wins compares. None of these tables is tracked.

@@ -1,4 +1,4 @@
--- depends: 0003_domain
+-- depends: 0004_idempotency
 -- Audit: indexes for the sync-log filters, the tamper-evident seal chain, and
 -- the retention record. Decisions and measurements: docs/audit.md.
 --
@@ -160,19 +160,19 @@ DO $$
 BEGIN
     -- A row's history (table + key), the `pk` filter, and `table` alone when a table
     -- is rare. Not partial: a `table` filter alone could not use it.
-    IF to_regclass('public.sync_log_table_pk_idx') IS NULL THEN
+    IF to_regclass('pgtide.sync_log_table_pk_idx') IS NULL THEN
         CREATE INDEX sync_log_table_pk_idx ON sync_log (table_name, pk);
     END IF;
     -- "What did alice do (lately)?": the actor, then the time.
-    IF to_regclass('public.sync_log_actor_at_idx') IS NULL THEN
+    IF to_regclass('pgtide.sync_log_actor_at_idx') IS NULL THEN
         CREATE INDEX sync_log_actor_at_idx ON sync_log (actor, at) WHERE actor IS NOT NULL;
     END IF;
     -- The same per origin (a branch, a service).
-    IF to_regclass('public.sync_log_origin_at_idx') IS NULL THEN
+    IF to_regclass('pgtide.sync_log_origin_at_idx') IS NULL THEN
         CREATE INDEX sync_log_origin_at_idx ON sync_log (origin, at) WHERE origin IS NOT NULL;
     END IF;
     -- TRUNCATEs are rare and remove every row of a table: a row's history looks them up.
-    IF to_regclass('public.sync_log_truncate_idx') IS NULL THEN
+    IF to_regclass('pgtide.sync_log_truncate_idx') IS NULL THEN
         CREATE INDEX sync_log_truncate_idx ON sync_log (table_name) WHERE op = 'TRUNCATE';
     END IF;
 END

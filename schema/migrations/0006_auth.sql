@@ -1,4 +1,4 @@
--- depends: 0003_domain
+-- depends: 0002_capture
 -- API tokens. Only a keyed hash of each token is stored, never the token: a
 -- token is 256 random bits, so its hash cannot be reversed or guessed.
 
