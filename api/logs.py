@@ -140,7 +140,7 @@ class RequestLog:
             await self.app(scope, receive, send_wrapper)
         finally:
             if access.isEnabledFor(logging.INFO):
-                route = self.routes.get(scope.get("endpoint")) or _template(scope)
+                route = route_name(scope, self.routes.get(scope.get("endpoint")) or _template(scope))
                 ms = round((time.perf_counter() - started) * 1000, 2)
                 client = scope.get("client")
                 access.info(
@@ -151,12 +151,28 @@ class RequestLog:
                 )  # fmt: skip
 
 
+def route_name(scope: Scope, template: str) -> str:
+    """The template with the resource filled in when it is a served one (`/api/clients/{id}`).
+
+    Made-up resource names stay `{resource}`: metrics' labels must stay a bounded set.
+    """
+    if "{resource}" not in template:
+        return template
+    name = (scope.get("path_params") or {}).get("resource")
+    state = scope.get("state") or {}
+    registry = state.get("registry") if isinstance(state, dict) else None
+    if isinstance(name, str) and registry is not None and registry.get(name) is not None:
+        return template.replace("{resource}", name)
+    return template
+
+
 def _template(scope: Scope) -> str:
     """The template of the route a request was for, when no endpoint ran (refused by the
     auth middleware before routing, say); `unmatched` when no route has its path."""
     app = scope.get("app")
     for route in getattr(getattr(app, "router", None), "routes", ()):
-        match, _ = route.matches({**scope, "type": "http"})
+        match, child = route.matches({**scope, "type": "http"})
         if match is not Match.NONE:
+            scope.setdefault("path_params", child.get("path_params", {}))
             return str(getattr(route, "path", "unmatched"))
     return "unmatched"

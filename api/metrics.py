@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.logs import route_name
 from cdc.hub import LAG_BUCKETS, Hub
 from cdc.listener import Listener
 from cdc.queries import queries
@@ -183,7 +184,7 @@ class RequestMetrics:
                 count(500)
 
     def _route(self, scope: Scope) -> str:
-        return self.routes.get(scope.get("endpoint"), "unmatched")
+        return route_name(scope, self.routes.get(scope.get("endpoint"), "unmatched"))
 
 
 def _metrics_of(scope: Scope) -> Metrics | None:

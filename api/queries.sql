@@ -25,7 +25,7 @@ SELECT to_jsonb(t), {etag}, {written} FROM {table} AS t
 -- name: last_logged_at
 -- When a row last changed, by the log (tables without an updated_at column).
 (SELECT max(l.at) FROM pgtide.sync_log l
-  WHERE l.table_name = %(table_name)s AND l.pk = jsonb_build_object(%(key_name)s, t.{key})
+  WHERE l.table_name = %(table_name)s AND l.pk = jsonb_build_object(%(key_name)s::text, t.{key})
     AND l.schema_name = %(schema_name)s)
 
 -- name: insert_row

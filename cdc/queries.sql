@@ -257,3 +257,12 @@ RETURNING (xmax = 0) AS inserted;
 -- name: installed_apps
 -- The installed apps, in the order they were installed.
 SELECT name, ref FROM pgtide.sync_apps ORDER BY installed_at, name;
+
+-- name: engine_grantees
+-- Roles granted anything on the engine's tables (0: PUBLIC), but their owners: after
+-- the tables moved into schema pgtide they need USAGE on it to keep that access.
+SELECT DISTINCT a.grantee
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ CROSS JOIN LATERAL aclexplode(c.relacl) AS a
+ WHERE n.nspname = 'pgtide' AND a.grantee <> c.relowner;

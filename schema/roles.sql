@@ -5,6 +5,9 @@
 -- Then give each login role the group it needs (GRANT pgtide_api TO app_login), and grant
 -- pgtide_api the DML on your own tracked tables. Idempotent.
 --
+--   pgtide_writer     any role that writes tracked tables (your services, psql users):
+--                     capture runs as the writing role, so it appends to sync_log and
+--                     reads the doorbell flag. Nothing else of pgtide's.
 --   pgtide_api        `pgtide serve`: writes tracked tables (capture appends to pgtide.sync_log as
 --                     this role), sequences and seals, reads the log. No UPDATE or DELETE
 --                     on pgtide.sync_log, pgtide.sync_order or pgtide.sync_seal.
@@ -18,7 +21,7 @@ DO $$
 DECLARE
     r text;
 BEGIN
-    FOREACH r IN ARRAY ARRAY['pgtide_api', 'pgtide_auditor', 'pgtide_retention'] LOOP
+    FOREACH r IN ARRAY ARRAY['pgtide_writer', 'pgtide_api', 'pgtide_auditor', 'pgtide_retention'] LOOP
         IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = r) THEN
             EXECUTE format('CREATE ROLE %I NOLOGIN', r);
         END IF;
@@ -26,7 +29,10 @@ BEGIN
 END
 $$;
 
-GRANT USAGE ON SCHEMA pgtide TO pgtide_api, pgtide_auditor, pgtide_retention;
+GRANT USAGE ON SCHEMA pgtide TO pgtide_writer, pgtide_api, pgtide_auditor, pgtide_retention;
+
+GRANT INSERT ON pgtide.sync_log TO pgtide_writer;
+GRANT SELECT ON SEQUENCE pgtide.sync_doorbell TO pgtide_writer;
 
 -- Capture runs as the writing role: it appends to pgtide.sync_log and reads the doorbell flag.
 GRANT SELECT, INSERT ON pgtide.sync_log TO pgtide_api;

@@ -30,6 +30,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_ready(base: str, proc: subprocess.Popen[Any], timeout: float = 30) -> None:
+    """Poll `base`/ready until it says 200; the process exiting fails at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"pgtide serve exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError("pgtide serve did not become ready")
+        time.sleep(0.05)
+
+
 class Server:
     """A `pgtide serve` subprocess against one database."""
 
@@ -39,8 +55,10 @@ class Server:
         env: Mapping[str, str] | None = None,
         args: tuple[str, ...] = (),
         auth: bool = False,
+        cwd: str | os.PathLike[str] | None = None,
     ) -> None:
         self.url = url
+        self.cwd = cwd  # where `module:attr` apps are imported from
         # Tests of other features run without auth; the auth tests ask for it.
         self.args = args if auth else (*args, "--insecure-no-auth")
         self.port = free_port()
@@ -56,25 +74,14 @@ class Server:
     def start(self, timeout: float = 30) -> Server:
         cmd = [sys.executable, "-m", "api.cli", "serve", "--no-migrate", "--port", str(self.port)]
         cmd += self.args
-        self.proc = subprocess.Popen(cmd, env=self.env)
+        self.proc = subprocess.Popen(cmd, env=self.env, cwd=self.cwd)
         self.wait_ready(timeout)
         return self
 
     def wait_ready(self, timeout: float = 30) -> None:
         """Poll /ready until it says 200 (the process exiting fails at once)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"pgtide serve exited with {self.proc.returncode}")
-            try:
-                if httpx.get(f"{self.base}/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("pgtide serve did not become ready")
-            time.sleep(0.05)
+        assert self.proc is not None
+        wait_ready(self.base, self.proc, timeout)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

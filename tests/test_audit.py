@@ -586,7 +586,7 @@ def test_cli_history_prints_a_readable_diff(story_db: tuple[str, str]) -> None:
 # --- roles -------------------------------------------------------------------------
 
 
-ROLES = ("pgtide_api", "pgtide_auditor", "pgtide_retention")
+ROLES = ("pgtide_writer", "pgtide_api", "pgtide_auditor", "pgtide_retention")
 
 
 @pytest.fixture

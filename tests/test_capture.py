@@ -243,6 +243,7 @@ def writer_role(conn: Conn) -> Iterator[str]:
     try:
         conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON branches TO {}").format(ident))
         # What a writer of tracked tables needs: append to the log, read the doorbell flag.
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA pgtide TO {}").format(ident))
         conn.execute(sql.SQL("GRANT INSERT ON pgtide.sync_log TO {}").format(ident))
         conn.execute(sql.SQL("GRANT SELECT ON pgtide.sync_doorbell TO {}").format(ident))
         yield role
@@ -508,7 +509,9 @@ def test_tracking_a_view_is_refused(conn: Conn) -> None:
 
 
 def test_tracking_pgtides_own_tables_is_refused(conn: Conn) -> None:
-    for table in ("sync_log", "sync_order", "sync_sequencer", "sync_tracked"):
+    engine = ("sync_log", "sync_order", "sync_sequencer", "sync_tracked", "sync_tokens",
+              "sync_seal", "sync_apps", "sync_mutations", "_yoyo_migration")  # fmt: skip
+    for table in (f"pgtide.{t}" for t in engine):
         with pytest.raises(psycopg.errors.WrongObjectType, match="belongs to pgtide"):
             conn.execute("SELECT pgtide.track_v1(%s)", (table,))
         triggers = scalar(
