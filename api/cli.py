@@ -21,6 +21,7 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import click
@@ -591,6 +592,27 @@ def audit_verify() -> None:
     for p in report.problems:
         click.echo(f"  {p.kind}: {p.detail}")
     raise SystemExit(1)
+
+
+@cli.command("import")
+@click.argument("resource")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--actor", help="Who sync_log records as the writer [default: the OS user].")
+def import_csv(resource: str, file: Path, actor: str | None) -> None:
+    """Import FILE (CSV, a header of field names) into RESOURCE: all rows or none.
+
+    Every record is validated as `POST /api/RESOURCE` with text/csv would
+    (docs/writes.md) before the rows are copied in one transaction.
+    """
+    from api.csvcli import default_actor, import_file
+    from api.errors import ApiError
+
+    url = _database_url(_settings())
+    try:
+        count, txid = import_file(url, resource, file, actor or default_actor(), err)
+    except ApiError as exc:
+        raise click.ClickException(exc.detail) from exc
+    click.echo(f"imported {count} {resource} row(s) in transaction {txid}")
 
 
 @cli.command()
