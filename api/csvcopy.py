@@ -17,7 +17,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from api.csvimport import Prepared, copy_text
+from api.csvcells import copy_text
+from api.csvimport import Prepared
 from api.errors import ApiError
 
 CHUNK = 256 * 1024  # bytes per write to the COPY stream
