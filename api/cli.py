@@ -21,6 +21,7 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -431,9 +432,8 @@ def token() -> None:
 @click.option("--expires", default=None, help="Lifetime such as 90d, 12h, 2w [default: never].")
 def token_create(name: str, scopes: str, branch: str | None, expires: str | None) -> None:
     """Create a token and print it once (it cannot be shown again)."""
-    from cdc import tokens
-
     from api.apps import Registry, load_apps
+    from cdc import tokens
     from cdc.migrate import installed_apps
 
     settings = _settings()
@@ -625,6 +625,31 @@ def audit_verify() -> None:
     for p in report.problems:
         click.echo(f"  {p.kind}: {p.detail}")
     raise SystemExit(1)
+
+
+@cli.command("import")
+@click.argument("resource")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--actor", help="Who sync_log records as the writer [default: the OS user].")
+def import_csv(resource: str, file: Path, actor: str | None) -> None:
+    """Import FILE (CSV, a header of field names) into RESOURCE: all rows or none.
+
+    Every record is validated as `POST /api/RESOURCE` with text/csv would
+    (docs/writes.md) before the rows are copied in one transaction.
+    """
+    from api.apps import Registry, load_apps
+    from api.csvcli import default_actor, import_file
+    from api.errors import ApiError
+    from cdc.migrate import installed_apps
+
+    settings = _settings()
+    url = _database_url(settings)
+    registry = Registry(load_apps([*(ref for _, ref in installed_apps(url)), *settings.apps]))
+    try:
+        count, txid = import_file(url, registry, resource, file, actor or default_actor(), err)
+    except ApiError as exc:
+        raise click.ClickException(exc.detail) from exc
+    click.echo(f"imported {count} {resource} row(s) in transaction {txid}")
 
 
 @cli.command()

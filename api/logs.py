@@ -140,7 +140,8 @@ class RequestLog:
             await self.app(scope, receive, send_wrapper)
         finally:
             if access.isEnabledFor(logging.INFO):
-                route = route_name(scope, self.routes.get(scope.get("endpoint")) or _template(scope))
+                template = self.routes.get(scope.get("endpoint")) or _template(scope)
+                route = route_name(scope, template)
                 ms = round((time.perf_counter() - started) * 1000, 2)
                 client = scope.get("client")
                 access.info(

@@ -132,6 +132,27 @@ def _mutation_id(raw: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _key(res: Resource, m: Mutation) -> Any:
+    """The mutation's row key as the resource's key type (None when it names none)."""
+    if m.id is None:
+        return None
+    try:
+        return res.parse_key(str(m.id))
+    except ValueError:
+        errors = [{"field": "id", "message": f"must be a {res.key_kind.__name__} key"}]
+        raise Rejected(f"id is not a key of {res.name}", errors) from None
+
+
+def _base_tags(res: Resource, m: Mutation, op: str) -> list[str]:
+    """Policy version: the ETag the row must still have (base_etag, or base_version)."""
+    if m.base_etag is not None:
+        return [m.base_etag.removeprefix('"').removesuffix('"')]
+    if m.base_version is not None and res.version is not None:
+        return [str(m.base_version)]
+    needs = "base_version or base_etag" if res.version else "base_etag (the row's ETag)"
+    raise Rejected(f"policy version: {op} needs {needs}")
+
+
 def _plan(raw: Any, policy: str, registry: Any) -> Planned:
     """Validate one mutation (envelope, resource, data, what the policy needs)."""
     try:
@@ -143,26 +164,10 @@ def _plan(raw: Any, policy: str, registry: Any) -> Planned:
         known = ", ".join(registry.resources)
         raise Rejected(f"unknown resource {m.resource!r}; use one of {known}")
     op = "insert" if m.op == "create" else m.op
-    key = None
-    if m.id is not None:
-        try:
-            key = res.parse_key(str(m.id))
-        except ValueError:
-            errors = [{"field": "id", "message": f"must be a {res.key_kind.__name__} key"}]
-            raise Rejected(f"id is not a key of {res.name}", errors) from None
+    key = _key(res, m)
     if op != "insert" and key is None:
         raise Rejected(f"{op} needs the row's id")
-    tags = None
-    if policy == "version" and op != "insert":
-        if m.base_etag is not None:
-            tags = [m.base_etag.removeprefix('"').removesuffix('"')]
-        elif m.base_version is not None and res.version is not None:
-            tags = [str(m.base_version)]
-        else:
-            needs = "base_version or base_etag" if res.version else "base_etag (the row's ETag)"
-            raise Rejected(f"policy version: {op} needs {needs}")
-    if policy == "lww" and m.client_ts is None:
-        raise Rejected("policy lww: every mutation needs client_ts")
+    tags = _base_tags(res, m, op) if policy == "version" and op != "insert" else None
     values: dict[str, Any] = {}
     if op != "delete":
         data = dict(m.data or {})

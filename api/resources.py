@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from api import idempotency, writes
 from api.bodies import is_array, parse, parse_array, read_body
+from api.csvroute import import_csv, is_csv
 from api.errors import RETRYABLE, ApiError, database_error, guarded, name_check_columns
 from api.idempotency import Reply
 from api.identity import author_of, branch_pin, confine
@@ -158,8 +159,10 @@ async def get_row(request: Request, res: Resource) -> Response:
 
 
 async def create(request: Request, res: Resource) -> Response:
-    """`POST /api/<r>`: one object, or an array written in one transaction (all or nothing)."""
+    """`POST /api/<r>`: one object, or an array or CSV in one transaction (all or nothing)."""
     pin = branch_pin(request, res, writing=True)
+    if is_csv(request.headers.get("content-type", "")):  # docs/writes.md, CSV import
+        return await import_csv(request, res, pin, _write)
     raw = await read_body(request)
     if is_array(raw):
         many = [res.columns_of(body) for body in parse_array(res.create, raw)]

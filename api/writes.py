@@ -3,8 +3,8 @@
 Every write transaction starts with `begin`, which sets `pgtide.actor`,
 `pgtide.origin` and `pgtide.mutation_id` for the capture trigger (transaction
 local) and returns the transaction id its changes carry on the stream.
-Conditional writes take the accepted versions and match nothing when the row
-is missing or its version differs; `refusal` then says which (404 or 412).
+Conditional writes take the accepted ETags and match nothing when the row is
+missing or its ETag differs; `refusal` then says which (404 or 412).
 Every row access takes `branch`: for a branch-pinned token, rows of other
 branches do not exist (404), whatever the request names.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
 
 import psycopg
 from psycopg import sql
@@ -211,7 +210,9 @@ async def delete(
     return await _one(conn, _format("delete_row", res, branch), params)
 
 
-async def refusal(conn: psycopg.AsyncConnection[Any], res: Resource, id: Any, branch: Any) -> ApiError:
+async def refusal(
+    conn: psycopg.AsyncConnection[Any], res: Resource, id: Any, branch: Any
+) -> ApiError:
     """Why a conditional write matched nothing: 404 (no such row) or 412 (stale ETag)."""
     current = await fetch(conn, res, id, branch)
     if current is None:

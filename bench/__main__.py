@@ -44,6 +44,7 @@ BENCHMARKS: list[tuple[str, str, bool]] = [
     ("catchup", "bench.catchup", False),
     ("idle", "bench.idle", False),
     ("api", "bench.api_writes", False),
+    ("csvimport", "bench.csvimport", False),
     ("sustained", "bench.sustained", True),
     ("seqstats", "bench.seqstats", True),
 ]

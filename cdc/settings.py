@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     pinned_shared_tables: Names = ()
     # How long a write's Idempotency-Key is remembered (a repeat replays its response).
     idempotency_ttl_s: float = 24 * 3600.0
+    # Largest CSV body `POST /api/<resource>` imports (413 beyond); docs/writes.md.
+    import_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
     # Retention inside `serve` (docs/audit.md): remove sequenced changes older than this
     # (30d, 12h, ...) every `retention_interval_s`; unset, serve removes nothing.
     retention_keep: Annotated[timedelta | None, BeforeValidator(_duration)] = None

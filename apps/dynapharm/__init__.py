@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from api.apps import App
-from api.models import Resource
+from api.models import Resource, WriteModel
 from apps.dynapharm import models
 from apps.dynapharm.demo import load_data
 
@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 _SERVER_SET = ("created_at", "updated_at")
 
 
-def _resource(name: str, model: type[models.WriteModel], tenant: str | None) -> Resource:
+def _resource(name: str, model: type[WriteModel], tenant: str | None) -> Resource:
     return Resource(name, model, version="version", tenant=tenant, server_set=_SERVER_SET)
 
 
