@@ -49,7 +49,12 @@ class Listing:
         """The page query: the rows' images, then their key values, one more than a page."""
         return sql.SQL(template).format(
             table=table,
-            keys=sql.SQL(", ").join(sql.Identifier("t", c) for c, _ in self.order),
+            # As JSON text: the same ISO form whatever DateStyle says, and values Python
+            # cannot load (timestamps at infinity, years past 9999) still make a cursor.
+            keys=sql.SQL(", ").join(
+                sql.SQL("to_jsonb({}) #>> '{{}}'").format(sql.Identifier("t", c))
+                for c, _ in self.order
+            ),
             where=self.where,
             order=sql.SQL(", ").join(
                 sql.SQL("{} DESC" if d else "{} ASC").format(sql.Identifier("t", c))
