@@ -157,7 +157,7 @@ def create_app(
         # /ready says 503 until it is back.
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             url, min_size=1, max_size=settings.pool_size, open=False,
-            kwargs={"autocommit": True}, name="pgtide",
+            kwargs={"autocommit": True}, name="pgtide", configure=db.configure_pooled,
         )  # fmt: skip
         await pool.open(wait=False)
         listener = Listener(url, hub, settings, sequence=run_sequencer)

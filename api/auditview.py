@@ -5,6 +5,12 @@ CSV: a header row of the same fields; an empty cell is null, `pk`, `row`,
 `old` and `changed` hold compact JSON, `at` is ISO 8601. Capture stores an
 empty actor, origin or mutation id as null, so an empty cell is never ambiguous.
 Both parse back to the same rows (`read_csv_record` is the inverse of a CSV row).
+
+Values are data, never markup or formulas: the terminal shows them literally
+(rich `Text`, so an origin of `[/bold]` or `[link=…]` prints as written), and a
+CSV cell that a spreadsheet would run as a formula (starting with = + - @, tab
+or carriage return), or that starts with an apostrophe, gets a leading `'`
+(OWASP's rule against CSV injection); `read_csv_record` removes it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,18 @@ FIELDS = (
 )  # fmt: skip
 JSON_FIELDS = frozenset({"pk", "row", "old", "changed"})
 INT_FIELDS = frozenset({"seq", "id"})
+# A cell starting with one of these is a formula to Excel, LibreOffice or Sheets;
+# the apostrophe is escaped too, so that unescaping is exact.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _cell(text: str) -> str:
+    """A CSV cell that a spreadsheet shows as text, never runs."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _uncell(text: str) -> str:
+    return text[1:] if text.startswith("'") else text
 
 
 def jsonl_lines(changes: Iterable[Change]) -> Iterable[str]:
@@ -53,11 +71,11 @@ def csv_row(c: Change) -> list[str]:
         if value is None:
             cells.append("")
         elif name in JSON_FIELDS:
-            cells.append(dumps(value))
+            cells.append(_cell(dumps(value)))
         elif isinstance(value, datetime):
-            cells.append(value.isoformat())
+            cells.append(_cell(value.isoformat()))
         else:
-            cells.append(str(value))
+            cells.append(_cell(str(value)))
     return cells
 
 
@@ -65,8 +83,8 @@ def read_csv_record(row: Mapping[str, str]) -> dict[str, Any]:
     """A CSV row back as the JSON-lines object (the inverse of `csv_row`)."""
     out: dict[str, Any] = {}
     for name in FIELDS:
-        cell = row[name]
-        if cell == "":
+        cell = _uncell(row[name])
+        if row[name] == "":
             out[name] = None
         elif name in JSON_FIELDS:
             out[name] = json.loads(cell)
@@ -89,17 +107,11 @@ def table(changes: list[Change]) -> Table:
     """The listing as a rich table."""
     t = Table("seq", "at (UTC)", "table", "op", "pk", "actor", "origin", "changed", "txid")
     for c in changes:
-        t.add_row(
-            str(c.seq),
-            _utc(c.at),
-            c.table_name,
-            c.op,
-            _key_text(c.pk),
-            c.actor or "",
-            c.origin or "",
-            ", ".join(c.changed or ()),
-            c.txid,
-        )
+        # Text cells: rich would read a plain str as markup (`[/bold]` raises).
+        t.add_row(*(Text(v) for v in (
+            str(c.seq), _utc(c.at), c.table_name, c.op, _key_text(c.pk), c.actor or "",
+            c.origin or "", ", ".join(c.changed or ()), str(c.txid),
+        )))  # fmt: skip
     return t
 
 

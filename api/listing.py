@@ -13,8 +13,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from datetime import datetime
 from typing import Any, LiteralString
 from uuid import UUID
 
@@ -23,8 +22,8 @@ from starlette.datastructures import QueryParams
 
 from api.models import Resource
 from cdc.errors import FilterError
-from cdc.filters import BOOL, JSON, NUMBER, TIME, TableInfo, parse_column_filter, split_in_list
-from cdc.filters import UUID as UUID_KIND
+from cdc.filters import TableInfo, parse_column_filter, split_in_list
+from cdc.values import BOOL, JSON, cast_of, to_param
 
 RESERVED = frozenset({"search", "order", "limit", "after"})
 DEFAULT_LIMIT, MAX_LIMIT = 50, 500
@@ -50,7 +49,12 @@ class Listing:
         """The page query: the rows' images, then their key values, one more than a page."""
         return sql.SQL(template).format(
             table=table,
-            keys=sql.SQL(", ").join(sql.Identifier("t", c) for c, _ in self.order),
+            # As JSON text: the same ISO form whatever DateStyle says, and values Python
+            # cannot load (timestamps at infinity, years past 9999) still make a cursor.
+            keys=sql.SQL(", ").join(
+                sql.SQL("to_jsonb({}) #>> '{{}}'").format(sql.Identifier("t", c))
+                for c, _ in self.order
+            ),
             where=self.where,
             order=sql.SQL(", ").join(
                 sql.SQL("{} DESC" if d else "{} ASC").format(sql.Identifier("t", c))
@@ -64,6 +68,8 @@ def plan(res: Resource, table: TableInfo, params: QueryParams, branch: Any) -> L
 
     `branch` confines the rows to one branch (a pinned token's), whatever the filters say.
     """
+    if any("\x00" in k or "\x00" in v for k, v in params.multi_items()):
+        raise FilterError("query parameters must not contain NUL characters")
     conds: list[sql.Composable] = []
     values: dict[str, Any] = {}
     if branch is not None and res.tenant is not None:
@@ -110,11 +116,16 @@ def _condition(column: str, raw: str, kind: str, name: str) -> tuple[sql.Composa
         raise FilterError(f"{where}: column {column} holds json; only is.null is supported")
     if kind == BOOL and flt.op not in ("eq", "neq", "in"):
         raise FilterError(f"{where}: {flt.op} does not apply to a boolean column")
-    ph = sql.Placeholder(name)
+    ph: sql.Composable = sql.Placeholder(name)
+    cast = cast_of(kind)
     if flt.op == "in":
         items = [_value(kind, v, where) for v in split_in_list(flt.raw)]
+        if cast is not None:
+            ph = sql.SQL("{}::{}").format(ph, sql.SQL(cast + "[]"))
         return sql.SQL("{} = ANY ({})").format(col, ph), items
     value = _value(kind, flt.raw, where)
+    if cast is not None:
+        ph = sql.SQL("{}::{}").format(ph, sql.SQL(cast))
     return sql.SQL(_COMPARE[flt.op]).format(col, ph), value
 
 
@@ -125,25 +136,11 @@ def _text(value: str, what: str) -> str:
 
 
 def _value(kind: str, text: str, where: str) -> Any:
-    """A filter or cursor value read as the column's kind, to bind as a parameter."""
+    """A filter or cursor value read as the column's kind (cdc/values.py), to bind."""
     try:
-        if kind == NUMBER:
-            number = Decimal(text)
-            if not number.is_finite():
-                raise ValueError(text)
-            return number
-        if kind == BOOL:
-            if text.lower() not in ("true", "false"):
-                raise ValueError(text)
-            return text.lower() == "true"
-        if kind == TIME:
-            moment = datetime.fromisoformat(text)
-            return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-        if kind == UUID_KIND:
-            return UUID(text)
-    except (ValueError, InvalidOperation):
+        return to_param(kind, text)
+    except ValueError:
         raise FilterError(f"{where}: {text!r} is not a valid {kind} value") from None
-    return _text(text, where)
 
 
 def _escape_like(text: str) -> str:
@@ -174,7 +171,8 @@ def _order(res: Resource, value: str | None) -> Order:
 def _limit(value: str | None) -> int:
     if value is None:
         return DEFAULT_LIMIT
-    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+    # isascii: '²'.isdigit() is true, yet int('²') fails.
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_LIMIT:
         raise FilterError(f"limit must be an integer from 1 to {MAX_LIMIT}, got {value!r}")
     return int(value)
 

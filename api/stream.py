@@ -42,6 +42,8 @@ async def stream_events(request: Request) -> Response:
                 headers={"Retry-After": "5"},
             )  # fmt: skip
     params = request.query_params
+    if any("\x00" in k or "\x00" in v for k, v in params.multi_items()):
+        return problem(400, "query parameters must not contain NUL characters")
     try:
         tables = params.get("tables")
         catalog = await state.catalog.get(parse_list(tables, "tables") if tables else ())

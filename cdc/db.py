@@ -7,9 +7,11 @@ from typing import Any
 import psycopg
 from psycopg.adapt import Loader
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.json import set_json_loads
 
 from cdc.errors import DatabaseUnavailable
 from cdc.settings import Settings
+from cdc.values import exact_loads
 
 
 def resolve_url(settings: Settings) -> str:
@@ -31,6 +33,17 @@ class Xid8Loader(Loader):
 def register_types(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
     """Adapt pgtide's column types on `conn`."""
     conn.adapters.register_loader("xid8", Xid8Loader)
+    exact_json(conn)
+
+
+def exact_json(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    """Load row images keeping each number's text, so filters compare numbers exactly."""
+    set_json_loads(exact_loads, conn)
+
+
+async def configure_pooled(conn: psycopg.AsyncConnection[Any]) -> None:
+    """A pool's `configure`: its connections load row images as `register_types` does."""
+    exact_json(conn)
 
 
 def connect(url: str, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:

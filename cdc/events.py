@@ -2,13 +2,14 @@
 
 A change is a default-type event (no `event:` line, so `EventSource.onmessage`
 sees it) whose `id:` is the cursor. Control events are named (`synced`,
-`reset`). Each change is encoded once, whatever the number of subscribers.
+`reset`, `error`). Each change is encoded once, whatever the number of subscribers.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
+from http import HTTPStatus
 from typing import Any
 
 from cdc.reader import Change
@@ -78,3 +79,16 @@ def encode_control(event: str, data: dict[str, Any], cursor: int | None = None) 
 def encode_retry(ms: int = RETRY_MS) -> bytes:
     """The reconnection delay the client should use."""
     return f"retry: {ms}\n\n".encode()
+
+
+def encode_error(status: int, code: str, detail: str, **members: Any) -> bytes:
+    """The `error` event: a problem+json object (RFC 9457), after which the stream closes."""
+    problem = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **members,
+    }
+    return encode_control("error", problem)

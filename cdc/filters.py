@@ -11,21 +11,21 @@ MESSAGE events are selected by `topics` alone.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from cdc import values
 from cdc.errors import FilterError
 from cdc.reader import Change
+
+# Column kinds (cdc/values.py) decide how a filter value is read and compared.
+from cdc.values import BOOL, CLOCK, JSON, NUMBER, TEXT, TIME, UUID
 
 ROW_OPS = frozenset({"INSERT", "UPDATE", "DELETE", "TRUNCATE"})
 OPERATORS = frozenset({"eq", "neq", "lt", "lte", "gt", "gte", "in", "is"})
 ORDERED = frozenset({"lt", "lte", "gt", "gte"})
-
-# Column kinds decide how a filter value is read and compared.
-NUMBER, BOOL, TIME, TEXT, UUID, JSON = "number", "bool", "time", "text", "uuid", "json"
 
 Image = Mapping[str, Any]
 Predicate = Callable[[Image], bool]
@@ -182,42 +182,6 @@ def parse_column_filter(column: str, value: str) -> ColumnFilter:
     return ColumnFilter(column, op, raw)
 
 
-def _time(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _coerce(kind: str, text: str) -> Any:
-    """Read a filter value as the column's kind; ValueError if it is not one."""
-    if kind == NUMBER:
-        try:
-            return Decimal(text)
-        except InvalidOperation:
-            raise ValueError(text) from None
-    if kind == BOOL:
-        if text.lower() not in ("true", "false"):
-            raise ValueError(text)
-        return text.lower() == "true"
-    if kind == TIME:
-        return _time(text)
-    if kind == UUID:
-        return text.lower()
-    return text
-
-
-def _value_of(kind: str, value: Any) -> Any:
-    """Read a row image's JSON value as the column's kind (None stays None)."""
-    if value is None:
-        return None
-    if kind == NUMBER:
-        return Decimal(str(value))
-    if kind == TIME:
-        return _time(value)
-    if kind == UUID:
-        return str(value).lower()
-    return value
-
-
 def _compile(flt: ColumnFilter, kind: str, table: str) -> Predicate:
     col, op = flt.column, flt.op
     where = f"filter {col}={flt.op}.{flt.raw} on {table}"
@@ -233,33 +197,33 @@ def _compile(flt: ColumnFilter, kind: str, table: str) -> Predicate:
         raise FilterError(f"{where}: {op} does not apply to a boolean column")
     raw_values = split_in_list(flt.raw) if op == "in" else [flt.raw]
     try:
-        values = [_coerce(kind, v) for v in raw_values] if op == "in" else None
-        value = None if op == "in" else _coerce(kind, flt.raw)
+        # Keys that compare as PostgreSQL compares (NaN, infinities, years past 9999).
+        keys = [values.parse(kind, v) for v in raw_values]
     except ValueError:
         raise FilterError(f"{where}: {flt.raw!r} is not a valid {kind} value") from None
+    of_row = values.of_row
+    if op == "in":
+        members = keys
+
+        def pred_in(img: Image) -> bool:
+            v = of_row(kind, img.get(col))
+            return v is not None and v in members
+
+        return pred_in
+    compare, value = _COMPARE[op], keys[0]
 
     def pred(img: Image) -> bool:
-        v = _value_of(kind, img.get(col))
-        if v is None:
-            return False
-        try:
-            if op == "in":
-                return v in values  # type: ignore[operator]
-            return bool(_COMPARE[op](v, value))
-        except TypeError:
-            return False
+        # A row value the kind cannot read raises: the hub ends this subscriber alone.
+        v = of_row(kind, img.get(col))
+        return v is not None and compare(v, value)
 
     return pred
 
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
-    "eq": lambda a, b: a == b,
-    "neq": lambda a, b: a != b,
-    "lt": lambda a, b: a < b,
-    "lte": lambda a, b: a <= b,
-    "gt": lambda a, b: a > b,
-    "gte": lambda a, b: a >= b,
-}
+    "eq": operator.eq, "neq": operator.ne, "lt": operator.lt, "lte": operator.le,
+    "gt": operator.gt, "gte": operator.ge,
+}  # fmt: skip
 
 
 def build_filter(
@@ -315,6 +279,9 @@ def kind_of(type_name: str, category: str) -> str:
     """A column kind from PostgreSQL's type name and type category."""
     if type_name == "uuid":
         return UUID
-    if type_name in ("json", "jsonb") or category == "A":
+    if type_name in ("time", "timetz"):
+        return CLOCK
+    # Arrays and composite rows arrive as JSON arrays and objects: only is.null applies.
+    if type_name in ("json", "jsonb") or category in ("A", "C"):
         return JSON
     return {"N": NUMBER, "B": BOOL, "D": TIME}.get(category, TEXT)

@@ -6,6 +6,10 @@ chunk per batch, so a batch costs one encode per change plus one join per
 distinct filter, whatever the number of subscribers. Every subscriber has a
 byte-bounded queue; one that falls too far behind is closed (it resumes from
 its cursor) instead of growing memory.
+
+Whatever one subscriber's filter or encoding does, `publish` goes on: a failure
+while selecting or encoding for one filter ends the subscribers of that filter
+alone (they get an `error` event, cdc/stream.py) and the feed moves on.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cdc.errors import StreamFailure
 from cdc.events import encode_change
 from cdc.filters import StreamFilter
 from cdc.reader import Change
@@ -77,6 +82,7 @@ class Subscriber:
     pending: int = 0
     overflowed: bool = False
     closed: bool = False
+    failure: StreamFailure | None = None  # why the hub ended it, for its `error` event
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
     def push(self, chunk: Chunk) -> None:
@@ -112,6 +118,13 @@ class Subscriber:
         self.closed = True
         self.wakeup.set()
 
+    def fail(self, failure: StreamFailure) -> None:
+        """End this subscription with an error its stream reports before closing."""
+        self.failure = failure
+        self.queue.clear()
+        self.pending = 0
+        self.close()
+
 
 class Hub:
     """Fans out sequenced changes to subscribers in this process."""
@@ -124,6 +137,7 @@ class Hub:
         self.published = 0
         self.delivered = 0
         self.dropped = 0
+        self.failed = 0  # subscribers ended because their filter or encoding failed
         self.lag = LagHistogram()
 
     def start_at(self, seq: int) -> None:
@@ -160,29 +174,18 @@ class Hub:
         if fresh[0].seq != self.last_seq + 1:
             raise RuntimeError(f"gap in the feed: {self.last_seq} then {fresh[0].seq}")
         # Nobody listening (e.g. the leader's process while no stream is open): no encoding.
-        encoded = [(c, encode_change(c)) for c in fresh] if self.subscribers else []
-        flt: StreamFilter
-        chunks: dict[tuple[Any, ...], Chunk | None] = {}
+        encoded = [(c, _encode(c)) for c in fresh] if self.subscribers else []
+        chunks: dict[tuple[Any, ...], Chunk | StreamFailure | None] = {}
         for sub in list(self.subscribers):
             key = sub.filter.key
             if key not in chunks:
-                flt = sub.filter
-                picked = [
-                    (c.seq, data if flt.branch is None else _view_bytes(flt, c, data))
-                    for c, data in encoded
-                    if flt.matches(c.op, c.table_name, c.new_row, c.old_row)
-                ]
-                chunks[key] = (
-                    Chunk(
-                        tuple(s for s, _ in picked),
-                        b"".join(d for _, d in picked),
-                        tuple(d for _, d in picked),
-                    )
-                    if picked
-                    else None
-                )
+                chunks[key] = _select(sub.filter, encoded)
             chunk = chunks[key]
-            if chunk is not None:
+            if isinstance(chunk, StreamFailure):
+                self.failed += 1
+                self.subscribers.discard(sub)
+                sub.fail(chunk)
+            elif chunk is not None:
                 sub.push(chunk)
                 if sub.overflowed:
                     self.dropped += 1
@@ -206,6 +209,57 @@ class Hub:
         """Return when the next batch is published, or after `timeout` seconds."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._advanced.wait(), timeout)
+
+
+def _encode(change: Change) -> bytes | None:
+    """The shared encoding of a change; None if it cannot be encoded (whoever selects it fails)."""
+    try:
+        return encode_change(change)
+    except Exception:
+        log.exception(
+            "hub: change %d cannot be encoded",
+            change.seq,
+            extra={"component": "hub", "state": "encode_failed", "seq": change.seq},
+        )
+        return None
+
+
+def _select(
+    flt: StreamFilter, encoded: list[tuple[Change, bytes | None]]
+) -> Chunk | StreamFailure | None:
+    """One filter's chunk of a batch (None: nothing matches), or why it cannot be made.
+
+    Never raises: a filter that fails on one change must not stop the feed.
+    """
+    picked: list[tuple[int, bytes]] = []
+    for c, data in encoded:
+        try:
+            if not flt.matches(c.op, c.table_name, c.new_row, c.old_row):
+                continue
+        except Exception as exc:
+            return _failure(flt, c, "filter_failed", "cannot apply this stream's filters to", exc)
+        try:
+            if data is None:
+                raise ValueError("the change cannot be encoded as JSON")
+            picked.append((c.seq, data if flt.branch is None else _view_bytes(flt, c, data)))
+        except Exception as exc:
+            return _failure(flt, c, "encode_failed", "cannot encode", exc)
+    if not picked:
+        return None
+    return Chunk(
+        tuple(s for s, _ in picked), b"".join(d for _, d in picked), tuple(d for _, d in picked)
+    )
+
+
+def _failure(flt: StreamFilter, c: Change, code: str, what: str, exc: Exception) -> StreamFailure:
+    # The detail names the change, not the exception: its message may hold row values.
+    log.warning(
+        "hub: %s change %d for a subscriber (%s: %s); ending that subscriber",
+        what, c.seq, type(exc).__name__, exc, exc_info=exc,
+        extra={"component": "hub", "state": code, "seq": c.seq},
+    )  # fmt: skip
+    detail = f"this stream {what} change {c.seq} of {c.table_name}; the server log has the details"
+    return StreamFailure(code, detail, seq=c.seq)
 
 
 def _view_bytes(flt: StreamFilter, change: Change, data: bytes) -> bytes:

@@ -8,16 +8,18 @@ or CursorError, which the HTTP layer turns into a 400.
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from cdc.cursor import parse_cursor
 from cdc.errors import FilterError
-from cdc.filters import NUMBER, UUID
 from cdc.timespec import parse_instant
+from cdc.values import NUMBER, UUID, parse_number
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -80,6 +82,8 @@ def _one(items: Iterable[tuple[str, str]]) -> dict[str, str]:
             raise FilterError(f"unknown parameter {name!r}: use {', '.join(PARAMS)}")
         if name in seen:
             raise FilterError(f"parameter {name!r} is given twice")
+        if "\x00" in value:  # PostgreSQL text cannot hold NUL: refuse it here, not with a 500
+            raise FilterError(f"parameter {name!r} must not contain NUL characters")
         seen[name] = value
     return seen
 
@@ -148,6 +152,55 @@ class Key:
     columns: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
 
+class _NotNumber(ValueError):
+    pass
+
+
+def _key_number(text: str) -> int | float:
+    """A JSON number of a key, as PostgreSQL's numeric reads it, kept exact for jsonb.
+
+    An integer stays an int (1e999 included, up to what Python prints); a fraction
+    becomes a float only when that float prints as the same number.
+    """
+    try:
+        is_nan, value = parse_number(text)
+    except ValueError:
+        raise _NotNumber(text) from None
+    if isinstance(value, int):
+        return value
+    if is_nan or not value.is_finite():
+        raise _NotNumber(text)
+    if value == value.to_integral_value():
+        if value.adjusted() >= sys.get_int_max_str_digits() > 0:
+            raise _NotNumber(text)
+        return int(value)
+    fraction = float(value)
+    if Decimal(repr(fraction)) != value:
+        raise _NotNumber(text)
+    return fraction
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotNumber(name)  # NaN, Infinity: not JSON, and never a key
+
+
+def _loads(text: str) -> Any:
+    """JSON with numbers checked by `_key_number`; ValueError if not valid."""
+    return json.loads(
+        text, parse_int=_key_number, parse_float=_key_number, parse_constant=_no_constant
+    )
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def _json_value(kind: str, text: str, where: str) -> Any:
     if kind == UUID:
         try:
@@ -156,13 +209,25 @@ def _json_value(kind: str, text: str, where: str) -> Any:
             raise FilterError(f"{where}: {text!r} is not a uuid") from None
     if kind == NUMBER:
         try:
-            value = json.loads(text)
+            value = _loads(text)
         except ValueError:
             value = None
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise FilterError(f"{where}: {text!r} is not a number")
         return value
     return text
+
+
+def _key_value(kind: str | None, value: Any, where: str) -> Any:
+    """A JSON key value checked against its column's kind (uuid made canonical)."""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == UUID:
+        if not isinstance(value, str):
+            raise FilterError(f"{where}: a uuid column's value must be a string")
+        return _json_value(UUID, value, where)
+    if kind == NUMBER and not is_number:
+        raise FilterError(f"{where}: a number column's value must be a JSON number")
+    return value
 
 
 def row_key(key: Key | None, table: str, raw: str) -> dict[str, Any]:
@@ -175,16 +240,17 @@ def row_key(key: Key | None, table: str, raw: str) -> dict[str, Any]:
     where = f"pk {raw!r} of {table}"
     if raw.lstrip().startswith("{"):
         try:
-            value = json.loads(raw)
+            value = _loads(raw)
+        except _NotNumber as exc:
+            raise FilterError(f"{where}: {exc} is not a number a key can hold") from None
         except ValueError:
             raise FilterError(f"{where}: not valid JSON") from None
         if not isinstance(value, dict) or not value:
             raise FilterError(f"{where}: the key must be a non-empty JSON object")
+        if _has_nul(value):  # jsonb cannot hold \u0000
+            raise FilterError(f"{where}: the key must not contain NUL characters")
         kinds = dict(key.columns) if key else {}
-        return {
-            k: _json_value(UUID, v, where) if kinds.get(k) == UUID and isinstance(v, str) else v
-            for k, v in value.items()
-        }
+        return {k: _key_value(kinds.get(k), v, f"{where}: {k}") for k, v in value.items()}
     if key is None:
         raise FilterError(
             f"{where}: {table} is not tracked, so its key columns are unknown; "

@@ -16,6 +16,10 @@ and not in xip). That exclusion cannot travel in a cursor, so events carry no
 snapshot has been sequenced (beyond M no event can be excluded): a client that
 drops before `synced` starts again with a snapshot, one that drops after
 resumes exactly.
+
+A stream that cannot apply its filters to a change, or encode one, or read the
+log, ends with an `error` event (a problem+json object) and closes; other
+streams and the hub are untouched (docs/stream.md, "The `error` event").
 """
 
 from __future__ import annotations
@@ -31,8 +35,14 @@ from psycopg_pool import AsyncConnectionPool
 
 from cdc import reader
 from cdc.cursor import Cursor, parse_cursor
-from cdc.errors import CursorError, FilterError
-from cdc.events import encode_change, encode_control, encode_retry, encode_snapshot_row
+from cdc.errors import CursorError, FilterError, StreamFailure
+from cdc.events import (
+    encode_change,
+    encode_control,
+    encode_error,
+    encode_retry,
+    encode_snapshot_row,
+)
 from cdc.filters import StreamFilter, TableInfo
 from cdc.hub import Hub, Subscriber
 from cdc.queries import queries
@@ -117,38 +127,67 @@ async def events(
     """The stream's bytes: retry hint, then snapshot/catch-up, `synced`, then live events."""
     sub = hub.subscribe(plan.filter, owner=owner)
     try:
-        yield encode_retry()
-        if plan.reset_earliest is not None:
-            yield encode_control(
-                "reset",
-                {"reason": "cursor older than the retained log", "earliest": plan.reset_earliest},
-            )
-            return
-        start = plan.start if plan.start is not None else sub.joined_at
-        view: SnapshotView | None = None
-        covered = 0
-        if plan.snapshot:
-            snap = SnapshotReader(plan)
-            async with pool.connection() as conn:
-                async for chunk in snap.rows(conn):
-                    yield chunk
-                view, start = snap.view, snap.seq
-                covered = await _coverage(conn, hub, view)
-        target = max(sub.joined_at, covered, start)
-        if target > start:
-            async with pool.connection() as conn:
-                async for chunk in _from_log(conn, plan.filter, start, target, view, covered):
-                    yield chunk
-        yield encode_control("synced", {"cursor": str(target)}, cursor=target)
-        async for chunk in _live(sub, target):
+        async for chunk in _stream(hub, pool, plan, sub):
             yield chunk
+    except StreamFailure as exc:
+        log.warning("stream: %s", exc, extra={"component": "stream", "state": exc.code})
+        yield _error_event(exc)
+    except psycopg.Error as exc:
+        log.warning(
+            "stream: database error: %s", exc,
+            extra={"component": "stream", "state": "database_error"},
+        )  # fmt: skip
+        detail = "the stream lost its database connection; reconnect to resume"
+        yield encode_error(503, "database_error", detail)
+    except Exception:
+        # Whatever went wrong, this client learns why before the stream closes.
+        log.exception("stream failed", extra={"component": "stream", "state": "stream_failed"})
+        detail = "the stream failed; the server log has the details"
+        yield encode_error(500, "stream_failed", detail)
     finally:
         hub.unsubscribe(sub)
+
+
+def _error_event(exc: StreamFailure) -> bytes:
+    extra = {} if exc.seq is None else {"seq": exc.seq}
+    return encode_error(exc.status, exc.code, str(exc), **extra)
+
+
+async def _stream(
+    hub: Hub, pool: AsyncConnectionPool[Any], plan: Plan, sub: Subscriber
+) -> AsyncIterator[bytes]:
+    yield encode_retry()
+    if plan.reset_earliest is not None:
+        yield encode_control(
+            "reset",
+            {"reason": "cursor older than the retained log", "earliest": plan.reset_earliest},
+        )
+        return
+    start = plan.start if plan.start is not None else sub.joined_at
+    view: SnapshotView | None = None
+    covered = 0
+    if plan.snapshot:
+        snap = SnapshotReader(plan)
+        async with pool.connection() as conn:
+            async for chunk in snap.rows(conn):
+                yield chunk
+            view, start = snap.view, snap.seq
+            covered = await _coverage(conn, hub, view)
+    target = max(sub.joined_at, covered, start)
+    if target > start:
+        async with pool.connection() as conn:
+            async for chunk in _from_log(conn, plan.filter, start, target, view, covered):
+                yield chunk
+    yield encode_control("synced", {"cursor": str(target)}, cursor=target)
+    async for chunk in _live(sub, target):
+        yield chunk
 
 
 async def _live(sub: Subscriber, after: int) -> AsyncIterator[bytes]:
     while True:
         chunks = await sub.next_chunks()
+        if sub.failure is not None:
+            raise sub.failure  # the hub could not serve this filter: the `error` event
         if sub.overflowed or sub.closed:
             # Too slow (or ended): the client reconnects with Last-Event-ID and catches up.
             yield encode_retry()
@@ -156,6 +195,29 @@ async def _live(sub: Subscriber, after: int) -> AsyncIterator[bytes]:
         data = b"".join(c.after(after) for c in chunks)
         if data:
             yield data
+
+
+def _matching(flt: StreamFilter, c: reader.Change, covered: int) -> bytes | None:
+    """A catch-up change's bytes for this filter (None: not selected); StreamFailure if it fails."""
+    try:
+        if not flt.matches(c.op, c.table_name, c.new_row, c.old_row):
+            return None
+    except Exception as exc:
+        raise StreamFailure(
+            "filter_failed",
+            f"this stream cannot apply its filters to change {c.seq} of {c.table_name}; "
+            "the server log has the details",
+            seq=c.seq,
+        ) from exc
+    try:
+        return encode_change(flt.view(c), with_id=c.seq > covered)
+    except Exception as exc:
+        raise StreamFailure(
+            "encode_failed",
+            f"this stream cannot encode change {c.seq} of {c.table_name}; "
+            "the server log has the details",
+            seq=c.seq,
+        ) from exc
 
 
 class SnapshotReader:
@@ -184,13 +246,20 @@ class SnapshotReader:
                 async with conn.cursor(name="pgtide_snapshot") as cur:
                     await cur.execute(query)
                     while batch := await cur.fetchmany(SNAPSHOT_FETCH):
-                        out = [
-                            encode_snapshot_row(
-                                info.schema, info.name, {k: img.get(k) for k in info.pk}, img
-                            )
-                            for (img,) in batch
-                            if flt.matches_row(info.name, img)
-                        ]
+                        try:
+                            out = [
+                                encode_snapshot_row(
+                                    info.schema, info.name, {k: img.get(k) for k in info.pk}, img
+                                )
+                                for (img,) in batch
+                                if flt.matches_row(info.name, img)
+                            ]
+                        except Exception as exc:
+                            raise StreamFailure(
+                                "filter_failed",
+                                f"this stream cannot apply its filters to a row of {info.name} "
+                                "in the snapshot; the server log has the details",
+                            ) from exc
                         if out:
                             yield b"".join(out)
 
@@ -227,8 +296,9 @@ async def _from_log(
                 break
             if view is not None and c.seq <= covered and view.shows(int(c.txid)):
                 continue  # already in the snapshot
-            if flt.matches(c.op, c.table_name, c.new_row, c.old_row):
-                out.append(encode_change(flt.view(c), with_id=c.seq > covered))
+            data = _matching(flt, c, covered)
+            if data is not None:
+                out.append(data)
         pos = min(batch[-1].seq, target)
         if out:
             yield b"".join(out)
