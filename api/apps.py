@@ -138,6 +138,10 @@ class Registry:
         """The resource of that URL name, or None."""
         return self.resources.get(name)
 
+    def tenants(self) -> dict[str, str]:
+        """`schema.table` -> its tenant column, for the tables whose resources declare one."""
+        return {r.qualified: r.tenant for r in self.resources.values() if r.tenant is not None}
+
     def branch_lookup(self, conn: psycopg.Connection[Any], value: str) -> str | None:
         """The tenant value an app recognises in `value` (a branch code, say), else None."""
         for app in self.apps:

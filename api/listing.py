@@ -15,7 +15,6 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, LiteralString
-from uuid import UUID
 
 from psycopg import sql
 from starlette.datastructures import QueryParams

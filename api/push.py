@@ -168,6 +168,8 @@ def _plan(raw: Any, policy: str, registry: Any) -> Planned:
     if op != "insert" and key is None:
         raise Rejected(f"{op} needs the row's id")
     tags = _base_tags(res, m, op) if policy == "version" and op != "insert" else None
+    if policy == "lww" and m.client_ts is None:
+        raise Rejected("policy lww: every mutation needs client_ts")
     values: dict[str, Any] = {}
     if op != "delete":
         data = dict(m.data or {})

@@ -126,8 +126,8 @@ async def _rows(conn: Conn, query: sql.Composed, params: dict[str, Any]) -> list
 async def list_rows(request: Request, res: Resource) -> Response:
     """`GET /api/<r>`: a page of rows, filtered, searched and ordered; `next` for more."""
     state: Any = request.state
-    table = (await state.catalog.get([res.table_name])).get(res.table_name)
-    if table is None or table.schema != res.schema_name:
+    table = (await state.catalog.get([res.qualified])).get(res.qualified)
+    if table is None:
         raise ApiError(503, f"{res.qualified} is not tracked; run `pgtide track {res.qualified}`")
     listing = plan(res, table, request.query_params, branch_pin(request, res, writing=False))
     query = listing.query(queries["list_rows"], res.identifier)

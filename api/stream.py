@@ -55,6 +55,7 @@ async def stream_events(request: Request) -> Response:
             columns=[(k, v) for k, v in params.multi_items() if k not in RESERVED],
             branch=principal.branch_id,
             shared_tables=list(settings.pinned_shared_tables),
+            tenants=state.registry.tenants(),
         )
         plan = await prepare(
             state.pool,

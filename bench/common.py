@@ -368,7 +368,8 @@ def sequenced(url: str) -> tuple[int, int]:
     """(rows in pgtide.sync_log, last seq handed out)."""
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT (SELECT count(*) FROM pgtide.sync_log), (SELECT last_seq FROM pgtide.sync_sequencer)"
+            "SELECT (SELECT count(*) FROM pgtide.sync_log), "
+            "(SELECT last_seq FROM pgtide.sync_sequencer)"
         ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])

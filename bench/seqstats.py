@@ -172,7 +172,8 @@ def run(ctx: Ctx) -> Result:
         )  # fmt: skip
     res.notes.append(
         "Proposal (cdc/sequencer.py, cdc/queries.sql, schema): make the sequencer's plans "
-        "independent of pgtide.sync_log's statistics, e.g. ANALYZE pgtide.sync_log when the leader starts "
+        "independent of pgtide.sync_log's statistics, e.g. ANALYZE pgtide.sync_log "
+        "when the leader starts "
         "and finds none, plus `ALTER TABLE pgtide.sync_log ALTER COLUMN txid SET (n_distinct = "
         "-0.2)` so that a bulk load does not turn every pass into full scans."
     )

@@ -11,8 +11,9 @@ MESSAGE events are selected by `topics` alone.
 
 from __future__ import annotations
 
+import contextlib
 import operator
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,6 +28,8 @@ ROW_OPS = frozenset({"INSERT", "UPDATE", "DELETE", "TRUNCATE"})
 OPERATORS = frozenset({"eq", "neq", "lt", "lte", "gt", "gte", "in", "is"})
 ORDERED = frozenset({"lt", "lte", "gt", "gte"})
 
+TENANT = "branch_id"  # the tenant column of tables no app declares another for
+
 Image = Mapping[str, Any]
 Predicate = Callable[[Image], bool]
 
@@ -39,6 +42,36 @@ class TableInfo:
     name: str
     columns: Mapping[str, str]
     pk: tuple[str, ...] = ()
+
+    @property
+    def qualified(self) -> str:
+        """`schema.table`: how the catalog and the filters key a table."""
+        return f"{self.schema}.{self.name}"
+
+
+def table_key(change: Change) -> str:
+    """What filters select a change by: `schema.table`, or the topic of a MESSAGE."""
+    if change.op == "MESSAGE":
+        return change.table_name
+    return f"{change.schema_name}.{change.table_name}"
+
+
+def resolve_table(catalog: Mapping[str, TableInfo], name: str) -> str:
+    """The catalog key of `name`: `schema.table`, or a bare name tracked in one schema only.
+
+    FilterError (a 400) when no tracked table has that name, or when several schemas do.
+    """
+    if name in catalog:
+        return name
+    found = sorted(key for key, info in catalog.items() if info.name == name)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise FilterError(
+            f"table {name!r} is ambiguous: it is tracked as {' and '.join(found)}; "
+            "name it as schema.table"
+        )
+    raise FilterError(f"unknown table {name!r}: it is not tracked by pgtide")
 
 
 @dataclass(frozen=True)
@@ -54,33 +87,38 @@ class ColumnFilter:
 class StreamFilter:
     """What a subscriber asked for, checked against the catalog and compiled per table."""
 
-    tables: frozenset[str] | None  # table names; None = every tracked table
+    tables: frozenset[str] | None  # `schema.table` names; None = every tracked table
     ops: frozenset[str]
     topics: frozenset[str] | None
     columns: tuple[ColumnFilter, ...] = ()
     predicates: Mapping[str, tuple[Predicate, ...]] = field(
         default_factory=dict, compare=False, hash=False
     )
-    # A branch-pinned subscriber: only rows whose branch_id is this, whatever it asked.
+    # A branch-pinned subscriber: only rows whose tenant column (branch_id, unless an app
+    # declares another for the table) holds this value, whatever it asked.
     branch: str | None = None
-    shared_tables: frozenset[str] = frozenset()  # tables without branch_id it may read
+    shared_tables: frozenset[str] = frozenset()  # tables without a tenant it may read
+    tenants: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def key(self) -> tuple[Any, ...]:
         """Equal keys select equal events: the hub encodes a batch once per key."""
         return (self.tables, self.ops, self.topics, self.columns, self.branch, self.shared_tables)
 
-    def _in_branch(self, img: Image | None) -> bool:
-        return img is not None and str(img.get("branch_id", "")).lower() == self.branch
+    def _in_branch(self, table: str, img: Image | None) -> bool:
+        if img is None:
+            return False
+        value = img.get(self.tenants.get(table, TENANT))
+        return value is not None and str(value) == self.branch
 
     def _branch_allows(self, op: str, table: str, new: Image | None, old: Image | None) -> bool:
         if self.branch is None:
             return True
         if op == "MESSAGE":
-            return self._in_branch(new)  # a message payload naming this branch
+            return self._in_branch(table, new)  # a message payload naming this branch
         if table in self.shared_tables or op == "TRUNCATE":
             return True
-        return self._in_branch(new) or self._in_branch(old)
+        return self._in_branch(table, new) or self._in_branch(table, old)
 
     def view(self, change: Change) -> Change:
         """The change as this subscriber may see it.
@@ -89,9 +127,11 @@ class StreamFilter:
         DELETE (no new image), one that moves a row in is an INSERT (no old image):
         it never sees another branch's values. Anything else is returned as is.
         """
-        if self.branch is None or change.op != "UPDATE" or change.table_name in self.shared_tables:
+        table = table_key(change)
+        if self.branch is None or change.op != "UPDATE" or table in self.shared_tables:
             return change
-        new_in, old_in = self._in_branch(change.new_row), self._in_branch(change.old_row)
+        new_in = self._in_branch(table, change.new_row)
+        old_in = self._in_branch(table, change.old_row)
         if new_in and not old_in:
             return replace(change, op="INSERT", old_row=None, changed=None)
         if old_in and not new_in:
@@ -235,20 +275,19 @@ def build_filter(
     columns: Iterable[tuple[str, str]],
     branch: str | None = None,
     shared_tables: Iterable[str] = (),
+    tenants: Mapping[str, str] | None = None,
 ) -> StreamFilter:
     """Check a request's filters against the tracked tables and compile them.
 
     Raises FilterError (a 400) for an unknown table, an unknown column (one that
     none of the selected tables has), an unknown operator, a value of the wrong
-    type or bad `ops`.
+    type or bad `ops`. Tables are named `schema.table`, or by a bare name tracked in
+    one schema only. `tenants` maps a table to its tenant column (default branch_id).
     """
+    tenants = dict(tenants or {})
     selected: frozenset[str] | None = None
     if tables is not None:
-        names = parse_list(tables, "tables")
-        unknown = [t for t in names if t not in catalog]
-        if unknown:
-            raise FilterError(f"unknown table {unknown[0]!r}: it is not tracked by pgtide")
-        selected = frozenset(names)
+        selected = frozenset(resolve_table(catalog, t) for t in parse_list(tables, "tables"))
     topic_set = frozenset(parse_list(topics, "topics")) if topics is not None else None
     parsed = tuple(parse_column_filter(c, v) for c, v in columns)
     in_scope = [catalog[t] for t in sorted(selected)] if selected else list(catalog.values())
@@ -259,20 +298,28 @@ def build_filter(
     if parsed:
         for info in in_scope:
             if all(f.column in info.columns for f in parsed):
-                predicates[info.name] = tuple(
+                predicates[info.qualified] = tuple(
                     _compile(f, info.columns[f.column], info.name) for f in parsed
                 )
-    shared = frozenset(t for t in shared_tables if t in catalog)
+    shared = frozenset(_known(catalog, shared_tables))
     if branch is not None:
-        # Pinned: a table without branch_id is readable only when shared by configuration.
-        readable = {t for t, info in catalog.items() if "branch_id" in info.columns} | shared
+        # Pinned: a table without its tenant column is readable only when shared.
+        readable = {t for t, info in catalog.items()
+                    if tenants.get(t, TENANT) in info.columns} | shared  # fmt: skip
         if selected is not None and not selected <= readable:
             hidden = sorted(selected - readable)[0]
             raise FilterError(f"table {hidden!r} is not readable with a branch-pinned token")
     return StreamFilter(
         selected, parse_ops(ops), topic_set, parsed, predicates,
-        branch=branch.lower() if branch else None, shared_tables=shared,
+        branch=branch, shared_tables=shared, tenants=tenants,
     )  # fmt: skip
+
+
+def _known(catalog: Mapping[str, TableInfo], names: Iterable[str]) -> Iterator[str]:
+    """The catalog keys of the names that resolve (a setting may name untracked tables)."""
+    for name in names:
+        with contextlib.suppress(FilterError):
+            yield resolve_table(catalog, name)
 
 
 def kind_of(type_name: str, category: str) -> str:

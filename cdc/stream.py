@@ -43,7 +43,7 @@ from cdc.events import (
     encode_retry,
     encode_snapshot_row,
 )
-from cdc.filters import StreamFilter, TableInfo
+from cdc.filters import StreamFilter, TableInfo, table_key
 from cdc.hub import Hub, Subscriber
 from cdc.queries import queries
 
@@ -200,7 +200,7 @@ async def _live(sub: Subscriber, after: int) -> AsyncIterator[bytes]:
 def _matching(flt: StreamFilter, c: reader.Change, covered: int) -> bytes | None:
     """A catch-up change's bytes for this filter (None: not selected); StreamFailure if it fails."""
     try:
-        if not flt.matches(c.op, c.table_name, c.new_row, c.old_row):
+        if not flt.matches(c.op, table_key(c), c.new_row, c.old_row):
             return None
     except Exception as exc:
         raise StreamFailure(
@@ -252,7 +252,7 @@ class SnapshotReader:
                                     info.schema, info.name, {k: img.get(k) for k in info.pk}, img
                                 )
                                 for (img,) in batch
-                                if flt.matches_row(info.name, img)
+                                if flt.matches_row(info.qualified, img)
                             ]
                         except Exception as exc:
                             raise StreamFailure(

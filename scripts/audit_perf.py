@@ -82,7 +82,8 @@ SELECT (g / 3 + 3)::text::xid8,
 """
 
 SEQUENCE = """
-INSERT INTO pgtide.sync_order (seq, log_id) SELECT id, id FROM pgtide.sync_log WHERE id BETWEEN {lo} AND {hi}
+INSERT INTO pgtide.sync_order (seq, log_id)
+SELECT id, id FROM pgtide.sync_log WHERE id BETWEEN {lo} AND {hi}
 """
 
 # Seal what GENERATE wrote, 100 rows a seal, chained exactly as sequence_batch does.
@@ -147,12 +148,13 @@ def generate(conn: psycopg.Connection[Any], total: int) -> None:
         conn.execute(SEQUENCE.format(lo=lo, hi=hi).encode())
     # As if a sequencer had sequenced all of it (the generated txids are all below next_xid).
     conn.execute(
-        "UPDATE pgtide.sync_sequencer SET last_seq = %s, next_xid = (SELECT max(txid::text::bigint) + 1 "
-        "FROM pgtide.sync_log)::text::xid8",
+        "UPDATE pgtide.sync_sequencer SET last_seq = %s, "
+        "next_xid = (SELECT max(txid::text::bigint) + 1 FROM pgtide.sync_log)::text::xid8",
         (total,),
     )
     timed("  foreign key", lambda: conn.execute(
-        "ALTER TABLE pgtide.sync_order ADD FOREIGN KEY (log_id) REFERENCES pgtide.sync_log (id)"))  # fmt: skip
+        "ALTER TABLE pgtide.sync_order ADD FOREIGN KEY (log_id) "
+        "REFERENCES pgtide.sync_log (id)"))  # fmt: skip
     migration = (schema_dir() / "migrations" / "0005_audit.sql").read_text()
     # The very statements of the migration.
     for match in re.finditer(r"CREATE INDEX (sync_log_\w+) ON pgtide.sync_log [^;]*", migration):
@@ -210,7 +212,8 @@ def plan_of(conn: psycopg.Connection[Any], q: LogQuery) -> str:
 def bench_queries(conn: psycopg.Connection[Any], repeat: int) -> None:
     row = conn.execute(
         "SELECT pk::text FROM pgtide.sync_log WHERE table_name = 'orders' AND pk IS NOT NULL "
-        "AND id = (SELECT max(id) / 2 FROM pgtide.sync_log) - (SELECT max(id) / 2 FROM pgtide.sync_log) % 10 + 3"
+        "AND id = (SELECT max(id) / 2 FROM pgtide.sync_log) "
+        "- (SELECT max(id) / 2 FROM pgtide.sync_log) % 10 + 3"
     ).fetchone()
     key = row[0] if row else '{"id": "00000000-0000-0000-0000-000000000000"}'
     txid_row = conn.execute("SELECT txid::text FROM pgtide.sync_log WHERE id = 5000000").fetchone()
@@ -355,7 +358,9 @@ def bench_retention(conn: psycopg.Connection[Any]) -> None:
     conn.execute("DROP TABLE part_log")
 
     conn.execute("CHECKPOINT")
-    keep = conn.execute("SELECT now() - (min(at) + interval '1 day') FROM pgtide.sync_log").fetchone()
+    keep = conn.execute(
+        "SELECT now() - (min(at) + interval '1 day') FROM pgtide.sync_log"
+    ).fetchone()
     assert keep is not None
     report, took, wal = measured(conn, lambda: run_retention(conn, keep[0], batch=10_000))
     per_batch = took / max(report.batches, 1) * 1000

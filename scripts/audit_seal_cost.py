@@ -74,7 +74,9 @@ def main() -> None:
             for i in range(args.txns):
                 conn.execute("INSERT INTO t VALUES (%s, 'x', %s, 'a short note')", (i, i))
             conn.execute("VACUUM ANALYZE")
-            txids = [r[0] for r in conn.execute("SELECT txid::text FROM pgtide.sync_log ORDER BY id")]
+            txids = [
+                r[0] for r in conn.execute("SELECT txid::text FROM pgtide.sync_log ORDER BY id")
+            ]
             row = conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()
             assert row is not None
             xmax = str(row[0])

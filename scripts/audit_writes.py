@@ -42,7 +42,8 @@ AUDIT_INDEXES = {
     "WHERE actor IS NOT NULL",
     "origin_at": "CREATE INDEX sync_log_origin_at_idx ON pgtide.sync_log (origin, at) "
     "WHERE origin IS NOT NULL",
-    "truncate": "CREATE INDEX sync_log_truncate_idx ON pgtide.sync_log (table_name) WHERE op = 'TRUNCATE'",
+    "truncate": "CREATE INDEX sync_log_truncate_idx ON pgtide.sync_log (table_name) "
+    "WHERE op = 'TRUNCATE'",
     "at_btree": "CREATE INDEX sync_log_at_idx ON pgtide.sync_log (at)",
     "at_brin": "CREATE INDEX sync_log_at_brin ON pgtide.sync_log USING brin (at)",
 }
@@ -169,7 +170,8 @@ def main() -> None:
                     sql.Identifier(AUDIT_INDEXES[idx].split()[2])))  # fmt: skip
             conn.execute(PREFILL, {"n": args.prefill})
             conn.execute("VACUUM ANALYZE pgtide.sync_log")
-            conn.execute("SELECT setval('pgtide.sync_doorbell', 0, true)")  # a busy sequencer: no NOTIFY
+            # A busy sequencer: no NOTIFY.
+            conn.execute("SELECT setval('pgtide.sync_doorbell', 0, true)")
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
             # A slot left by a killed run would keep WAL forever.
             conn.execute(

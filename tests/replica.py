@@ -58,7 +58,8 @@ class Replica:
 def tracked_pk_columns(conn: psycopg.Connection[Any], tables: list[str]) -> dict[str, list[str]]:
     """Primary key columns of the given tracked tables (from pgtide.sync_tracked)."""
     rows = conn.execute(
-        "SELECT table_name, pk_columns FROM pgtide.sync_tracked WHERE table_name = ANY(%s)", (tables,)
+        "SELECT table_name, pk_columns FROM pgtide.sync_tracked WHERE table_name = ANY(%s)",
+        (tables,),
     ).fetchall()
     return {r[0]: list(r[1]) for r in rows}
 

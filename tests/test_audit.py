@@ -64,7 +64,8 @@ def sequence_all(url: str, batch_rows: int = 25) -> None:
         async with running(Sequencer(url, Settings(batch_rows=batch_rows))):
             with db.connect(url) as conn:
                 row = conn.execute(
-                    "SELECT count(*) FROM pgtide.sync_log l WHERE pg_xact_status(l.txid) = 'committed'"
+                    "SELECT count(*) FROM pgtide.sync_log l "
+                    "WHERE pg_xact_status(l.txid) = 'committed'"
                 ).fetchone()
             assert row is not None
             await wait_sequenced(url, int(row[0]))
@@ -213,7 +214,8 @@ def oracle(conn: psycopg.Connection[Any], p: dict[str, str]) -> list[int]:
         conds.append(sql.SQL("o.seq < %s" if desc else "o.seq > %s"))
         args.append(int(p["after"]))
     query = sql.SQL(
-        "SELECT o.seq FROM pgtide.sync_order o JOIN pgtide.sync_log l ON l.id = o.log_id WHERE {} ORDER BY o.seq "
+        "SELECT o.seq FROM pgtide.sync_order o JOIN pgtide.sync_log l ON l.id = o.log_id "
+        "WHERE {} ORDER BY o.seq "
     ).format(sql.SQL(" AND ").join(conds)) + sql.SQL("DESC" if desc else "ASC")
     return [r[0] for r in conn.execute(query, args).fetchall()]
 
@@ -235,7 +237,8 @@ def walk(conn: psycopg.Connection[Any], p: dict[str, str]) -> list[int]:
 def times(conn: psycopg.Connection[Any]) -> dict[str, str]:
     """Instants that cut the log: thirds of it, and just after the long transaction's row."""
     ats = [r[0] for r in conn.execute("SELECT at FROM pgtide.sync_log ORDER BY at").fetchall()]
-    long_at = conn.execute("SELECT at FROM pgtide.sync_log WHERE pk = %s::jsonb AND table_name = 'ints'",
+    long_at = conn.execute("SELECT at FROM pgtide.sync_log "
+                           "WHERE pk = %s::jsonb AND table_name = 'ints'",
                            (json.dumps({"id": LONG_ID}),)).fetchone()  # fmt: skip
     assert long_at is not None
     return {
@@ -628,7 +631,8 @@ def test_the_documented_api_role_cannot_update_or_delete_the_log(roles_db: str) 
         assert conn.execute("SELECT count(*) FROM pgtide.sync_log").fetchone() == (2,)
         with pytest.raises(errors.InsufficientPrivilege):
             conn.execute(
-                "INSERT INTO pgtide.sync_log (schema_name, table_name, op) VALUES ('a','b','INSERT')"
+                "INSERT INTO pgtide.sync_log (schema_name, table_name, op) "
+                "VALUES ('a','b','INSERT')"
             )
         conn.execute("RESET ROLE")
         conn.execute("SET ROLE pgtide_retention")

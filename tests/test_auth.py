@@ -57,7 +57,9 @@ def test_tokens_are_stored_only_as_hashes(db_url: str) -> None:
     token = make_token(db_url, "alice", "read,write")
     assert token.startswith("pgt_") and len(token) > 40
     with db.connect(db_url) as conn:
-        dump = conn.execute("SELECT to_jsonb(t)::text, token_hash FROM pgtide.sync_tokens t").fetchone()
+        dump = conn.execute(
+            "SELECT to_jsonb(t)::text, token_hash FROM pgtide.sync_tokens t"
+        ).fetchone()
     assert dump is not None
     assert token not in dump[0] and token[4:] not in dump[0]
     assert bytes(dump[1]) == tokens.hash_token(token, None) != token.encode()
@@ -80,7 +82,9 @@ def test_stream_requires_a_valid_token_with_the_read_scope(server: Server, db_ur
     revoked = make_token(db_url, "gone", "read")
     with db.connect(db_url) as conn:
         tokens.revoke(conn, "gone")
-        conn.execute("UPDATE pgtide.sync_tokens SET expires_at = now() - interval '1s' WHERE name = 'old'")
+        conn.execute(
+            "UPDATE pgtide.sync_tokens SET expires_at = now() - interval '1s' WHERE name = 'old'"
+        )
     url = f"{server.base}/events"
     cases = [
         ({}, 401),

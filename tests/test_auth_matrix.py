@@ -130,7 +130,8 @@ def world(db_url: str) -> Iterator[World]:
         tok[kind] = make(db_url, f"t-{kind}", scopes, branch.get(kind))
     with db.connect(db_url) as conn:
         conn.execute(
-            "UPDATE pgtide.sync_tokens SET expires_at = now() - interval '1s' WHERE name = 't-expired'"
+            "UPDATE pgtide.sync_tokens SET expires_at = now() - interval '1s' "
+            "WHERE name = 't-expired'"
         )
         tokens.revoke(conn, "t-revoked")
     srv = Server(db_url, auth=True).start()

@@ -61,7 +61,9 @@ def max_log_id(conn: Conn) -> int:
 
 def rows_after(conn: Conn, after_id: int) -> list[dict[str, Any]]:
     cur = conn.cursor(row_factory=dict_row)
-    return cur.execute("SELECT * FROM pgtide.sync_log WHERE id > %s ORDER BY id", (after_id,)).fetchall()
+    return cur.execute(
+        "SELECT * FROM pgtide.sync_log WHERE id > %s ORDER BY id", (after_id,)
+    ).fetchall()
 
 
 def row_image(conn: Conn, table: str, row_id: Any) -> dict[str, Any]:
@@ -459,7 +461,8 @@ def test_tracked_user_table_with_composite_key_logs_both_key_columns(
     cols = scalar(conn, "SELECT pgtide.track_v1(%s)", (user_table,))
     assert cols == ["region", "n"]
     assert conn.execute(
-        "SELECT pk_columns FROM pgtide.sync_tracked WHERE schema_name = 'public' AND table_name = %s",
+        "SELECT pk_columns FROM pgtide.sync_tracked "
+        "WHERE schema_name = 'public' AND table_name = %s",
         (user_table,),
     ).fetchall() == [(["region", "n"],)]
 
@@ -532,7 +535,10 @@ def test_track_is_idempotent(conn: Conn, user_table: str) -> None:
     ).fetchall()
     assert triggers == [("pgtide_capture",), ("pgtide_capture_truncate",)]
     assert (
-        scalar(conn, "SELECT count(*) FROM pgtide.sync_tracked WHERE table_name = %s", (user_table,)) == 1
+        scalar(
+            conn, "SELECT count(*) FROM pgtide.sync_tracked WHERE table_name = %s", (user_table,)
+        )
+        == 1
     )
 
     conn.execute("INSERT INTO shelf_items VALUES ('eu', 1, 'x', 1)")
@@ -558,7 +564,10 @@ def test_untrack_stops_capture(conn: Conn, user_table: str) -> None:
 
     assert [r["op"] for r in log_rows(conn, user_table)] == ["INSERT"]
     assert (
-        scalar(conn, "SELECT count(*) FROM pgtide.sync_tracked WHERE table_name = %s", (user_table,)) == 0
+        scalar(
+            conn, "SELECT count(*) FROM pgtide.sync_tracked WHERE table_name = %s", (user_table,)
+        )
+        == 0
     )
     assert (
         scalar(conn, "SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass", (user_table,))
@@ -596,7 +605,9 @@ def test_update_delete_truncate_on_sync_log_are_rejected(conn: Conn) -> None:
 
 def test_update_delete_truncate_on_sync_order_are_rejected(conn: Conn) -> None:
     make_branch(conn)
-    conn.execute("INSERT INTO pgtide.sync_order (seq, log_id) SELECT 1, min(id) FROM pgtide.sync_log")
+    conn.execute(
+        "INSERT INTO pgtide.sync_order (seq, log_id) SELECT 1, min(id) FROM pgtide.sync_log"
+    )
 
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
         conn.execute("UPDATE pgtide.sync_order SET seq = 2")
@@ -622,7 +633,9 @@ def test_retention_may_delete_but_still_not_update(conn: Conn) -> None:
             conn.execute("UPDATE pgtide.sync_order SET seq = 5")
         with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
             conn.execute("TRUNCATE pgtide.sync_order")
-        assert conn.execute("DELETE FROM pgtide.sync_order WHERE log_id = %s", (first,)).rowcount == 1
+        assert (
+            conn.execute("DELETE FROM pgtide.sync_order WHERE log_id = %s", (first,)).rowcount == 1
+        )
         assert conn.execute("DELETE FROM pgtide.sync_log WHERE id = %s", (first,)).rowcount == 1
 
     assert [r["id"] for r in log_rows(conn)] == [second]
@@ -735,7 +748,8 @@ def test_doorbell_sees_a_flag_raised_after_a_repeatable_read_snapshot(
         with writer.transaction():
             assert scalar(writer, "SHOW transaction_isolation") == "repeatable read"
             scalar(writer, "SELECT count(*) FROM branches")  # the snapshot is taken here
-            other.execute("SELECT setval('pgtide.sync_doorbell', 1)")  # another session raises the flag
+            # Another session raises the flag.
+            other.execute("SELECT setval('pgtide.sync_doorbell', 1)")
             make_branch(writer)
             assert list(listener.notifies(timeout=0)) == []  # nothing before commit
     notes = list(listener.notifies(timeout=10, stop_after=1))
@@ -811,7 +825,9 @@ def test_txid_index_serves_a_range_from_a_bound_xid8(conn: Conn) -> None:
         " SELECT (990 + i)::text::xid8, 'public', 'x', 'MESSAGE' FROM generate_series(1, 20000) i"
     )
     conn.execute("ANALYZE pgtide.sync_log")
-    assert scalar(conn, "SELECT count(*) FROM pgtide.sync_log WHERE txid >= %s::xid8", ("20985",)) == 6
+    assert (
+        scalar(conn, "SELECT count(*) FROM pgtide.sync_log WHERE txid >= %s::xid8", ("20985",)) == 6
+    )
     assert [
         r[0]
         for r in conn.execute(
@@ -828,7 +844,10 @@ def test_txid_index_serves_a_range_from_a_bound_xid8(conn: Conn) -> None:
 
     # Compared as text, the index is useless (and the answer is wrong).
     text_plan = "\n".join(
-        r[0] for r in conn.execute("EXPLAIN SELECT * FROM pgtide.sync_log WHERE txid::text >= '20985'")
+        r[0]
+        for r in conn.execute(
+            "EXPLAIN SELECT * FROM pgtide.sync_log WHERE txid::text >= '20985'"
+        )
     )
     assert "sync_log_txid_idx" not in text_plan
 

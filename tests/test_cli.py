@@ -82,7 +82,9 @@ def widgets(conn: psycopg.Connection[Any]) -> str:
 
 
 def log_count(conn: psycopg.Connection[Any], table: str) -> int:
-    row = conn.execute("SELECT count(*) FROM pgtide.sync_log WHERE table_name = %s", (table,)).fetchone()
+    row = conn.execute(
+        "SELECT count(*) FROM pgtide.sync_log WHERE table_name = %s", (table,)
+    ).fetchone()
     assert row is not None
     return int(row[0])
 

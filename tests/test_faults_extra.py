@@ -189,8 +189,8 @@ def kill_doomed(
 
 def doomed_in_log(conn: psycopg.Connection[Any], txids: list[str], tags: list[str]) -> int:
     row = conn.execute(
-        "SELECT count(*) FROM pgtide.sync_log WHERE txid = ANY(%s::xid8[]) OR mutation_id = ANY(%s) "
-        "OR (new_row ->> 'val') = '-999' OR (new_row ->> 'n') = '-999'",
+        "SELECT count(*) FROM pgtide.sync_log WHERE txid = ANY(%s::xid8[]) "
+        "OR mutation_id = ANY(%s) OR (new_row ->> 'val') = '-999' OR (new_row ->> 'n') = '-999'",
         (txids, tags),
     ).fetchone()
     assert row is not None
@@ -208,7 +208,10 @@ def test_a_writer_killed_mid_transaction_leaves_no_trace(
         s.synced()
 
     # Quiet: nothing else writes, so the tables and the log must be exactly as before.
-    before, log_before = checksum(sql), sql.execute("SELECT count(*) FROM pgtide.sync_log").fetchone()
+    before, log_before = (
+        checksum(sql),
+        sql.execute("SELECT count(*) FROM pgtide.sync_log").fetchone(),
+    )
     txids = [kill_doomed(sql, server, "idle", "doomed-idle", quiet=True)]
     txids.append(kill_doomed(sql, server, "statement", "doomed-statement", quiet=True))
     assert checksum(sql) == before

@@ -86,7 +86,8 @@ def fingerprint(conn: Conn) -> dict[str, Any]:
             " encode(tgargs, 'escape') FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1, 2"
         ).fetchall(),
         "tracked": conn.execute(
-            "SELECT schema_name, table_name, pk_columns, tracked_at FROM pgtide.sync_tracked ORDER BY 1, 2"
+            "SELECT schema_name, table_name, pk_columns, tracked_at FROM pgtide.sync_tracked"
+            " ORDER BY 1, 2"
         ).fetchall(),
         "sequencer": conn.execute("SELECT * FROM pgtide.sync_sequencer").fetchall(),
         "log": conn.execute("SELECT count(*) FROM pgtide.sync_log").fetchall(),
@@ -101,7 +102,9 @@ def capture_works(conn: Conn) -> None:
     conn.execute(
         "INSERT INTO branches (code, name) VALUES (%s, 'Probe')", (f"P{uuid.uuid4().hex[:8]}",)
     )
-    ops = conn.execute("SELECT op, table_name FROM pgtide.sync_log WHERE id > %s", (row[0],)).fetchall()
+    ops = conn.execute(
+        "SELECT op, table_name FROM pgtide.sync_log WHERE id > %s", (row[0],)
+    ).fetchall()
     assert ops == [("INSERT", "branches")]
 
 
@@ -147,9 +150,9 @@ def test_migrate_on_an_empty_database_applies_every_migration_then_nothing(
     with db.connect(empty_db_url) as conn:
         assert file_sha256() in (recorded_digest(conn) or "")
         assert db_functions(conn) == file_functions()
-        assert [r[0] for r in conn.execute("SELECT table_name FROM pgtide.sync_tracked ORDER BY 1")] == (
-            DOMAIN_TABLES
-        )
+        assert [
+            r[0] for r in conn.execute("SELECT table_name FROM pgtide.sync_tracked ORDER BY 1")
+        ] == DOMAIN_TABLES
         assert conn.execute("SELECT last_seq, open_xids FROM pgtide.sync_sequencer").fetchall() == [
             (0, [])
         ]

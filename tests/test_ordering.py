@@ -206,7 +206,8 @@ def wait_until_sequenced(url: str, timeout: float) -> None:
         conn.execute("LISTEN pgtide_sequenced")
         while True:
             row = conn.execute(
-                "SELECT (SELECT count(*) FROM pgtide.sync_log), (SELECT count(*) FROM pgtide.sync_order)"
+                "SELECT (SELECT count(*) FROM pgtide.sync_log), "
+                "(SELECT count(*) FROM pgtide.sync_order)"
             ).fetchone()
             assert row is not None
             if row[0] == row[1]:
@@ -277,7 +278,8 @@ def test_every_committed_change_gets_one_dense_seq_in_true_order(workload_db: st
     logged_tags = {r[0] for r in admin.execute("SELECT DISTINCT mutation_id FROM pgtide.sync_log")}
     assert not (logged_tags & work.aborted)
     negative = admin.execute(
-        "SELECT count(*) FROM pgtide.sync_log WHERE table_name = 'scratch' AND (new_row->>'n')::int < 0"
+        "SELECT count(*) FROM pgtide.sync_log "
+        "WHERE table_name = 'scratch' AND (new_row->>'n')::int < 0"
     ).fetchone()[0]
     assert negative == 0
     # Every committed writer transaction that changed something is logged.

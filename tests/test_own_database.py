@@ -181,7 +181,10 @@ def test_the_readme_app_file_serves_an_existing_table(shop: str, tmp_path: Path)
         assert made.headers["location"] == f"/api/shipments/{row['id']}"
         got = http.get(f"/api/shipments/{row['id']}")
         assert got.status_code == 200 and got.headers["etag"] == tag
-        assert http.get(f"/api/shipments/{row['id']}", headers={"If-None-Match": tag}).status_code == 304
+        assert (
+            http.get(f"/api/shipments/{row['id']}", headers={"If-None-Match": tag}).status_code
+            == 304
+        )
         assert http.get("/api/shipments/not-a-number").status_code == 404
         # If-Match with the row's ETag (a hash of its image: the table has no version).
         stale = http.patch(f"/api/shipments/{row['id']}", json={"delivered": True},

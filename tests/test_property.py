@@ -512,7 +512,8 @@ class World:
                 self.check_branch_replica(s, cols)
         # Aborted writes left nothing; each applied mutation id was logged by one transaction.
         aborted = self.sql.execute(
-            "SELECT count(*) FROM pgtide.sync_log WHERE pk ->> 'id' = ANY(%s)", (list(self.aborted_ids),)
+            "SELECT count(*) FROM pgtide.sync_log WHERE pk ->> 'id' = ANY(%s)",
+            (list(self.aborted_ids),),
         ).fetchone()
         assert aborted == (0,), self.aborted_ids
         per_mutation = self.sql.execute(
@@ -527,7 +528,8 @@ class World:
                   f"statuses {sorted(set(self.statuses))}, events "
                   f"{[len(s.got) for s in self.subs]}")  # fmt: skip
         logged_ids = {r[0] for r in self.sql.execute(
-            "SELECT DISTINCT mutation_id FROM pgtide.sync_log WHERE mutation_id LIKE 'm-%'")}  # fmt: skip
+            "SELECT DISTINCT mutation_id FROM pgtide.sync_log "
+            "WHERE mutation_id LIKE 'm-%'")}  # fmt: skip
         assert logged_ids == applied
 
     def check_branch_replica(self, s: Subscriber, cols: dict[str, list[str]]) -> None:

@@ -49,8 +49,8 @@ def url(db_url: str) -> str:
 
 def log(conn: psycopg.Connection[Any]) -> list[tuple[int, str]]:
     rows = conn.execute(
-        "SELECT o.seq, l.new_row->>'v' FROM pgtide.sync_order o JOIN pgtide.sync_log l ON l.id = o.log_id "
-        "ORDER BY o.seq"
+        "SELECT o.seq, l.new_row->>'v' FROM pgtide.sync_order o "
+        "JOIN pgtide.sync_log l ON l.id = o.log_id ORDER BY o.seq"
     ).fetchall()
     return [(int(s), v) for s, v in rows]
 

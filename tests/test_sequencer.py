@@ -144,8 +144,8 @@ def test_backlog_is_sequenced_in_chunks_of_whole_transactions(url: str) -> None:
     assert seq.stats.batches >= 11
     with db.connect(url) as conn:
         rows = conn.execute(
-            "SELECT o.seq, l.id, l.txid FROM pgtide.sync_order o JOIN pgtide.sync_log l ON l.id = o.log_id "
-            "ORDER BY o.seq"
+            "SELECT o.seq, l.id, l.txid FROM pgtide.sync_order o "
+            "JOIN pgtide.sync_log l ON l.id = o.log_id ORDER BY o.seq"
         ).fetchall()
     assert [r[0] for r in rows] == list(range(1, 261))
     assert [r[1] for r in rows] == sorted(r[1] for r in rows)  # sequential txns: id order

@@ -248,7 +248,8 @@ def test_snapshot_under_concurrent_writes_is_followed_by_exactly_the_missing_cha
     with db.connect(db_url) as w:
         w.execute("LISTEN pgtide_sequenced")
         while sql.execute(
-            "SELECT (SELECT count(*) FROM pgtide.sync_log) > (SELECT count(*) FROM pgtide.sync_order)"
+            "SELECT (SELECT count(*) FROM pgtide.sync_log) "
+            "> (SELECT count(*) FROM pgtide.sync_order)"
         ).fetchone() == (True,):
             for _ in w.notifies(timeout=1, stop_after=1):
                 pass

@@ -93,7 +93,10 @@ def test_an_intact_log_verifies_up_to_its_last_cursor(url: str) -> None:
 
 def test_an_edited_row_is_named(url: str) -> None:
     lid = log_id(url, 12)
-    tamper(url, f'UPDATE pgtide.sync_log SET new_row = new_row || \'{{"v": "forged"}}\' WHERE id = {lid}')
+    tamper(
+        url,
+        f'UPDATE pgtide.sync_log SET new_row = new_row || \'{{"v": "forged"}}\' WHERE id = {lid}',
+    )
     report = check(url)
     assert [(p.kind, p.seq, p.log_id) for p in report.problems] == [("changed", 12, lid)]
     assert report.intact_through == 11
@@ -114,7 +117,11 @@ def test_an_edited_actor_or_time_is_named_too(url: str) -> None:
 
 def test_a_deleted_row_is_named(url: str) -> None:
     lid = log_id(url, 17)
-    tamper(url, "DELETE FROM pgtide.sync_order WHERE seq = 17", f"DELETE FROM pgtide.sync_log WHERE id = {lid}")
+    tamper(
+        url,
+        "DELETE FROM pgtide.sync_order WHERE seq = 17",
+        f"DELETE FROM pgtide.sync_log WHERE id = {lid}",
+    )
     report = check(url)
     assert [(p.kind, p.seq) for p in report.problems] == [("removed", 17)]
     assert "seq 17 was removed" in report.problems[0].detail
@@ -170,8 +177,8 @@ def test_verify_reads_one_snapshot_while_the_sequencer_seals(url: str) -> None:
 def test_the_digest_ignores_session_settings(url: str) -> None:
     """The canonical text does not depend on TimeZone, DateStyle or extra_float_digits."""
     with db.connect(url) as conn:
-        query = "SELECT pgtide.log_digest_v1(o.seq, l) FROM pgtide.sync_order o JOIN pgtide.sync_log l " \
-                "ON l.id = o.log_id ORDER BY o.seq"  # fmt: skip
+        query = "SELECT pgtide.log_digest_v1(o.seq, l) FROM pgtide.sync_order o " \
+                "JOIN pgtide.sync_log l ON l.id = o.log_id ORDER BY o.seq"  # fmt: skip
         plain = conn.execute(query).fetchall()
         conn.execute("SET TimeZone = 'Asia/Kolkata'; SET DateStyle = 'SQL, DMY'; "
                      "SET extra_float_digits = 0")  # fmt: skip
