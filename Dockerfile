@@ -1,7 +1,9 @@
 # pgtide: `docker build -t pgtide .` then
 #   docker run -e DATABASE_URL=postgresql://user:pass@host:5432/db -p 8000:8000 pgtide
 # The image serves the HTTP API and runs the sequencer; `serve` applies pending
-# migrations at start. Other commands: docker run ... pgtide pgtide migrate
+# migrations at start (the engine in schema pgtide, and the apps the database records
+# or PGTIDE_APPS names, e.g. -e PGTIDE_APPS=dynapharm).
+# Other commands: docker run ... pgtide pgtide migrate --app dynapharm
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -14,6 +16,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY cdc ./cdc
 COPY api ./api
+COPY apps ./apps
 COPY schema ./schema
 RUN pip install . && rm -rf /src
 

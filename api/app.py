@@ -93,7 +93,7 @@ async def _supervise(listener: Listener) -> None:
 
 
 def _cors(settings: Settings) -> list[Middleware]:
-    """CORS for the origins in PGTIDE_CORS_ORIGINS (none by default, as DESIGN.md says)."""
+    """CORS for the origins in PGTIDE_CORS_ORIGINS (none by default, as docs/design.md says)."""
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if not origins:
         return []

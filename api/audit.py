@@ -1,4 +1,4 @@
-"""Audit routes (DESIGN.md, HTTP contract: Audit; docs/audit.md).
+"""Audit routes (docs/design.md, HTTP contract: Audit; docs/audit.md).
 
 - `GET /api/sync-log`: sequenced changes filtered by table, op, pk, actor,
   origin, txid, from/to, paginated by cursor (`after`, `next`, a `Link` header).

@@ -33,7 +33,7 @@ def dumps(obj: Any) -> str:
 
 
 def change_payload(c: Change) -> dict[str, Any]:
-    """The JSON object of a change event (field names fixed by DESIGN.md)."""
+    """The JSON object of a change event (field names fixed by docs/design.md)."""
     return {
         "cursor": str(c.seq),
         "seq": c.seq,

@@ -1,6 +1,6 @@
 """The sequencer: gives every committed change its place `seq` in one true order.
 
-See DESIGN.md, sections Ordering and Doorbell. One leader per database (a session
+See docs/design.md, sections Ordering and Doorbell. One leader per database (a session
 advisory lock on the sequencer's own connection). Each pass reads, in one
 statement and so one snapshot, the committed `pgtide.sync_log` rows whose txid is
 `>= next_xid` or still in `open_xids`, orders their transactions by largest

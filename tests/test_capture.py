@@ -779,7 +779,7 @@ def test_rolled_back_write_does_not_ring(conn: Conn, listener: Conn) -> None:
     assert list(listener.notifies(timeout=0)) == []
 
 
-# --- traps (DESIGN.md)
+# --- traps (docs/design.md)
 
 
 def test_sync_log_identity_keeps_cache_1(conn: Conn) -> None:
