@@ -438,7 +438,7 @@ def token_create(name: str, scopes: str, branch: str | None, expires: str | None
 
     settings = _settings()
     parsed = tokens.parse_scopes(scopes)
-    lifetime = tokens.parse_duration(expires) if expires else None
+    lifetime = tokens.parse_lifetime(expires) if expires else None
     url = _database_url(settings)
     with db.connect(url) as conn:
         if branch is not None:

@@ -8,7 +8,6 @@ of the database alone cannot even test a guess.
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -19,12 +18,11 @@ import psycopg
 
 from cdc.errors import ConfigError, PgtideError
 from cdc.queries import queries
+from cdc.timespec import parse_duration
 
 SCOPES = ("read", "write", "audit", "admin")
 PREFIX = "pgt_"
 _DEFAULT_PEPPER = b"pgtide-token-v1"
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class TokenError(PgtideError):
@@ -50,12 +48,15 @@ def hash_token(token: str, pepper: str | None) -> bytes:
     return hashlib.blake2b(token.encode(), key=key[:64], digest_size=32).digest()
 
 
-def parse_duration(text: str) -> timedelta:
-    """`90d`, `12h`, `30m`, `2w`, `45s` → timedelta."""
-    m = _DURATION.match(text.strip())
-    if not m or int(m.group(1)) == 0:
-        raise ConfigError(f"bad duration {text!r}: use a positive number and s, m, h, d or w")
-    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+def parse_lifetime(text: str) -> timedelta:
+    """A token's lifetime: a positive duration in the one syntax of cdc/timespec (2h30m)."""
+    try:
+        lifetime = parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"bad duration: {exc}") from None
+    if lifetime <= timedelta(0):
+        raise ConfigError(f"bad duration {text!r}: a token's lifetime must be positive")
+    return lifetime
 
 
 def parse_scopes(text: str) -> tuple[str, ...]:
