@@ -258,16 +258,30 @@ def serve(
         os.environ["PGTIDE_INSECURE_NO_AUTH"] = "true"  # for --workers processes
         settings = settings.model_copy(update={"insecure_no_auth": True})
     else:
+        from cdc import tokens
         from cdc.queries import queries
 
         with db.connect(url) as conn:
+            if settings.bootstrap_token_file is not None:
+                secret = _read_secret(settings.bootstrap_token_file)
+                if tokens.ensure_bootstrap(conn, secret, settings.token_pepper):
+                    err.print("stored the bootstrap token (an admin token named 'bootstrap')")
             row = conn.execute(queries["token_count"]).fetchone()
         if not row or row[0] == 0:
             raise click.ClickException(
                 "no API token exists: create one with `pgtide token create --name NAME "
-                "--scope read,write`, or run `pgtide demo`, or pass --insecure-no-auth"
+                "--scope read,write`, or set PGTIDE_BOOTSTRAP_TOKEN_FILE, or run `pgtide demo`, "
+                "or pass --insecure-no-auth"
             )
     _serve(url, settings, host, port, workers)
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        message = f"cannot read PGTIDE_BOOTSTRAP_TOKEN_FILE {path}: {exc.strerror}"
+        raise ConfigError(message) from exc
 
 
 def _prepare_database(url: str, no_migrate: bool, app_refs: Sequence[str] = ()) -> MigrationReport:

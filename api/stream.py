@@ -1,4 +1,4 @@
-"""`GET /events`: the change stream as Server-Sent Events (docs/design.md, HTTP contract: Stream)."""
+"""`GET /events`: the change stream as Server-Sent Events (docs/design.md, Stream)."""
 
 from __future__ import annotations
 

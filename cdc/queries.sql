@@ -198,6 +198,16 @@ SELECT id, name, scopes, branch_id, created_at, expires_at, revoked_at
 SELECT id FROM pgtide.sync_tokens
  WHERE id = ANY (%(ids)s) AND (revoked_at IS NOT NULL OR expires_at <= now());
 
+-- name: token_bootstrap
+-- The bootstrap token: created, or its hash replaced when the secret changed (and revived).
+INSERT INTO pgtide.sync_tokens (name, token_hash, scopes)
+VALUES (%(name)s, %(hash)s, %(scopes)s)
+ON CONFLICT (name) DO UPDATE
+   SET token_hash = EXCLUDED.token_hash, scopes = EXCLUDED.scopes, revoked_at = NULL,
+       expires_at = NULL
+ WHERE pgtide.sync_tokens.token_hash <> EXCLUDED.token_hash
+    OR pgtide.sync_tokens.revoked_at IS NOT NULL;
+
 -- name: token_count
 -- How many active tokens exist (serve refuses to start without one).
 SELECT count(*) FROM pgtide.sync_tokens

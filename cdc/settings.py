@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     subscriber_max_bytes: int = 4 * 1024 * 1024
     # Auth. Tokens are stored as BLAKE2b(token, key=pepper); see cdc/tokens.py.
     token_pepper: str | None = None
+    # A file holding an admin token for containers (docs/operations.md, Docker): `serve`
+    # stores its hash as the token `bootstrap`, so the first start needs no other step.
+    bootstrap_token_file: Path | None = None
     # `serve --insecure-no-auth`: every request acts as an all-scopes principal.
     insecure_no_auth: bool = False
     # Concurrent streams one token may hold open (429 beyond).

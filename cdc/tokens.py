@@ -138,3 +138,26 @@ async def inactive(conn: psycopg.AsyncConnection[Any], ids: list[int]) -> set[in
     """Which of these token ids are revoked or expired now."""
     cur = await conn.execute(queries["token_inactive"], {"ids": ids})
     return {int(r[0]) for r in await cur.fetchall()}
+
+
+BOOTSTRAP_NAME = "bootstrap"
+_MIN_BOOTSTRAP = 32  # characters after the prefix: as much entropy as a generated token
+
+
+def ensure_bootstrap(conn: psycopg.Connection[Any], token: str, pepper: str | None) -> bool:
+    """Make `token` (read from a secret file) the admin token named `bootstrap`.
+
+    For containers, where no one can run `pgtide token create` before the first
+    start: the token is created when missing and its hash replaced when the secret
+    changed (rotation). True if the database changed.
+    """
+    token = token.strip()
+    if not token.startswith(PREFIX) or len(token) < len(PREFIX) + _MIN_BOOTSTRAP:
+        raise TokenError(
+            f"the bootstrap token must start with {PREFIX} and have at least "
+            f"{_MIN_BOOTSTRAP} characters after it (make one with: "
+            "python -c 'import secrets; print(\"pgt_\" + secrets.token_urlsafe(32))')"
+        )
+    params = {"name": BOOTSTRAP_NAME, "hash": hash_token(token, pepper), "scopes": ["admin"]}
+    cur = conn.execute(queries["token_bootstrap"], params)
+    return cur.rowcount > 0
