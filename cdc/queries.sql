@@ -61,6 +61,16 @@ SELECT ins.seq, l.id, l.txid::text AS txid, l.at, l.schema_name, l.table_name, l
 -- The sequencer's committed state.
 SELECT next_xid::text AS next_xid, open_xids::text[] AS open_xids, last_seq FROM pgtide.sync_sequencer;
 
+-- name: sequencer_session
+-- The leader's session: its statements must read the log by its indexes ((txid, id) and
+-- id) whatever the statistics say (a never-analyzed or bulk-loaded log, a generic plan),
+-- so no plan of it can grow with the log, and none starts parallel workers.
+SELECT set_config('max_parallel_workers_per_gather', '0', false),
+       set_config('enable_seqscan', 'off', false),
+       set_config('enable_hashjoin', 'off', false),
+       set_config('enable_mergejoin', 'off', false),
+       set_config('jit', 'off', false);
+
 -- name: try_lead
 -- Take the sequencer's leader lock (session-level, per database) if it is free.
 SELECT pg_try_advisory_lock(%(key)s::bigint);

@@ -189,6 +189,7 @@ class Sequencer:
             while not await self._try_lead(conn):
                 self.backoff.reset()  # connected fine: only leadership is missing
                 await asyncio.sleep(self.lead_retry_s)
+            await conn.execute(queries["sequencer_session"])
             await conn.execute(queries["listen_doorbell"])
             await self._load_state(conn)
             log.info(
