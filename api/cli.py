@@ -85,15 +85,16 @@ def _settings() -> Settings:
         raise ConfigError(f"invalid setting {where}: {first['msg']}") from exc
 
 
-def _database_url(settings: Settings) -> str:
+def _database_url(settings: Settings, *, note: bool = True) -> str:
     """The database URL, starting the embedded server (and saying where) if none is set."""
     if settings.database_url:
         return settings.database_url
-    pgdata = settings.data_dir.expanduser().resolve() / "pg"
-    err.print(
-        f"DATABASE_URL is not set: using the embedded PostgreSQL in {pgdata}"
-        " (it stays running; `pgtide db-stop` stops it)"
-    )
+    if note:
+        pgdata = settings.data_dir.expanduser().resolve() / "pg"
+        err.print(
+            f"DATABASE_URL is not set: using the embedded PostgreSQL in {pgdata}"
+            " (it stays running; `pgtide db-stop` stops it)"
+        )
     return db.resolve_url(settings)
 
 
@@ -209,12 +210,15 @@ def tables() -> None:
 
 
 @cli.command("db-url")
-def db_url() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Also say which server it is (on stderr).")
+def db_url(verbose: bool) -> None:
     """Print the database URL (starting the embedded server if needed).
 
-    Only the URL goes to stdout, so `psql "$(pgtide db-url)"` works.
+    Only the URL is printed, so `psql "$(pgtide db-url)"` works; -v adds a note.
     """
-    click.echo(_database_url(_settings()))
+    if not verbose:  # notes (the embedded server's start, its first database) only with -v
+        logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
+    click.echo(_database_url(_settings(), note=verbose))
 
 
 @cli.command("db-stop")
@@ -424,6 +428,7 @@ def demo(host: str | None, port: int | None) -> None:
         "WHERE id = (SELECT id FROM orders WHERE status = 'new' LIMIT 1)\"",
         markup=False,
     )
+    out.print(f"Dashboard: {base}/   Branch app: {base}/branch   (paste a token)", markup=False)
     out.print(f"Health: {base}/health   Metrics: {base}/metrics\n", markup=False)
     _serve(url, settings, host, port, workers=1)
 

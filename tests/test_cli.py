@@ -328,7 +328,9 @@ def test_embedded_server_is_started_once_and_found_again(tmp_path: Path) -> None
         assert first.returncode == 0, first.stderr
         url = first.stdout.strip()
         assert len(first.stdout.splitlines()) == 1  # only the URL: $(pgtide db-url) works
-        assert str(data_dir.resolve()) in first.stderr
+        assert first.stderr == ""  # and nothing else without -v
+        noted = pgtide("db-url", "-v", database_url=None, cwd=tmp_path, **extra)
+        assert noted.stdout == first.stdout and str(data_dir.resolve()) in noted.stderr
         with psycopg.connect(url) as c:
             started = c.execute("SELECT pg_postmaster_start_time()").fetchone()
 
