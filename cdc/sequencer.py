@@ -10,7 +10,10 @@ state `(xmax, xip + leftovers, last_seq)` in one commit.
 Doorbell states (the flag is the `pgtide.sync_doorbell` sequence):
 
     ASLEEP   flag 1: writers NOTIFY; wait for a ring or the safety poll
-    BUSY     flag 0: poll every poll_min_ms, doubling on empty passes
+    BUSY     flag 0: poll every poll_min_ms while commits keep coming faster than
+             poll_above_per_s (an empty pass doubles the interval, never beyond
+             the mean gap between commits nor poll_max_ms); slower than that, the
+             first empty pass goes to sleep, so a lone commit rings at once
     DRAINING flag 1 again: poll (backing off) until every transaction that
              was open when the flag went up has ended, then ASLEEP
 
@@ -28,6 +31,7 @@ import logging
 import os
 import random
 import sys
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +84,27 @@ class PassResult:
     rows: int
     xip: list[int]
     backlog: bool
+    transactions: int = 0
+
+
+@dataclass
+class CommitRate:
+    """Transactions sequenced per second over the last `window` seconds."""
+
+    window: float = 1.0
+    _seen: deque[tuple[float, int]] = field(default_factory=deque)
+    _total: int = 0
+
+    def add(self, now: float, transactions: int) -> None:
+        """Count `transactions` sequenced at `now` (monotonic seconds)."""
+        self._seen.append((now, transactions))
+        self._total += transactions
+
+    def per_s(self, now: float) -> float:
+        """The rate over the window ending at `now`."""
+        while self._seen and self._seen[0][0] < now - self.window:
+            self._total -= self._seen.popleft()[1]
+        return self._total / self.window
 
 
 @dataclass
@@ -223,8 +248,11 @@ class Sequencer:
         await self._set_flag(conn, 0)
         interval = poll_min
         waiting_for: set[int] = set()
+        rate = CommitRate()
+        loop = asyncio.get_running_loop()
         while True:
             result = await self.discover(conn)
+            rate.add(loop.time(), result.transactions)
             if result.rows:
                 if self.mode is not Mode.BUSY:
                     self.mode = Mode.BUSY
@@ -235,8 +263,11 @@ class Sequencer:
                 await asyncio.sleep(interval)
                 continue
             if self.mode is Mode.BUSY:
-                if interval < poll_max:
-                    interval *= 2
+                per_s = rate.per_s(loop.time())
+                if per_s >= s.poll_above_per_s:
+                    # Commits come faster than a NOTIFY each would be worth: poll, but
+                    # never longer than the mean gap between them, so none waits long.
+                    interval = min(interval * 2, poll_max, max(poll_min, 1 / per_s))
                     await asyncio.sleep(interval)
                     continue
                 # Quiet: raise the flag, then wait out every transaction open now.
@@ -327,7 +358,7 @@ class Sequencer:
             maybe = self.on_batch(batch)
             if maybe is not None:
                 await maybe
-        return PassResult(rows, xip, backlog=bool(leftover))
+        return PassResult(rows, xip, backlog=bool(leftover), transactions=chosen)
 
 
 def main() -> None:

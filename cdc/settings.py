@@ -48,10 +48,13 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     pool_size: int = Field(default=10, description="Database connections per server process.")
-    # Sequencer tuning: a busy sequencer polls every `poll_min_ms`, doubling on
-    # empty passes up to `poll_max_ms`, then goes to sleep on the doorbell.
+    # Sequencer tuning (cdc/sequencer.py): while commits come faster than
+    # `poll_above_per_s`, a busy sequencer polls every `poll_min_ms`, doubling on empty
+    # passes up to the mean gap between commits (at most `poll_max_ms`); slower than
+    # that it sleeps on the doorbell, which writers ring at once.
     poll_min_ms: float = 1.0
     poll_max_ms: float = 16.0
+    poll_above_per_s: float = Field(default=250.0, gt=0)
     # Slow safety poll while asleep: a lost notification delays, never loses.
     safety_poll_s: float = 1.0
     # Rows sequenced per batch when a backlog has built up.
