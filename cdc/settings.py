@@ -80,3 +80,6 @@ class Settings(BaseSettings):
     retention_batch: int = Field(default=10_000, ge=1)
     # Browser origins allowed to call the API and read the stream (comma-separated).
     cors_origins: str = ""
+    # Pushed mutation ids are forgotten after this (30d, 12h, ...); a resend after that is
+    # still recognised in the log while the log keeps the change (docs/writes.md).
+    mutation_ttl: Annotated[timedelta, BeforeValidator(_duration)] = timedelta(days=30)
