@@ -23,6 +23,8 @@ from cdc.queries import queries
 SCOPES = ("read", "write", "audit", "admin")
 PREFIX = "pgt_"
 _DEFAULT_PEPPER = b"pgtide-token-v1"
+# What `create` makes: the prefix and 43 url-safe characters (32 bytes in base64).
+_WELL_FORMED = re.compile(r"pgt_[A-Za-z0-9_-]{43}")
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -48,6 +50,11 @@ def hash_token(token: str, pepper: str | None) -> bytes:
     """The stored form of a token."""
     key = pepper.encode() if pepper else _DEFAULT_PEPPER
     return hashlib.blake2b(token.encode(), key=key[:64], digest_size=32).digest()
+
+
+def well_formed(token: str) -> bool:
+    """Whether `token` could be one `create` made; anything else is refused unlooked-up."""
+    return _WELL_FORMED.fullmatch(token) is not None
 
 
 def parse_duration(text: str) -> timedelta:

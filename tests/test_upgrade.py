@@ -72,7 +72,7 @@ def build_legacy(url: str) -> dict[str, Any]:
             backend.apply_migrations(backend.to_apply(read_migrations(str(LEGACY / "migrations"))))
     finally:
         backend.connection.close()
-    reader = tokens.PREFIX + "legacy-reader-token-000000000000000000000000"
+    reader = tokens.PREFIX + "legacy-reader-token-00000000000000000000000"  # 43, as made
     with db.connect(url) as conn:
         conn.execute((LEGACY / "demo.sql").read_text().encode())
         conn.execute(LEGACY_SEQUENCE)
