@@ -24,10 +24,11 @@ from starlette.routing import Route
 
 from api.apps import App, Registry, load_apps
 from api.audit import audit_routes
-from api.auth import AuthMiddleware, TokenCache, TokenWatcher
+from api.auth import AuthMiddleware, TokenCache, TokenWatcher, required_scope
 from api.logs import RequestLog, setup_logging
 from api.metrics import Metrics, RequestMetrics, metrics_endpoint
 from api.problems import http_exception, problem, unhandled
+from api.ratelimit import RateLimit
 from api.resources import resource_routes
 from api.stream import stream_events
 from api.web import web_routes
@@ -211,5 +212,12 @@ def create_app(
             Middleware(RequestLog, routes=templates),
             Middleware(RequestMetrics, routes=templates),
             Middleware(AuthMiddleware, enabled=not settings.insecure_no_auth, cache=token_cache),
+            # Behind auth: requests are counted per token (auth off: per client address).
+            Middleware(
+                RateLimit,
+                rate=settings.rate_limit_per_s,
+                burst=settings.rate_limit_burst,
+                applies=lambda method, path: required_scope(method, path) is not None,
+            ),
         ],
     )

@@ -9,7 +9,12 @@ pin to what they read and write.
 
 Token lookups are cached for `CACHE_S` seconds, so a revocation reaches new
 requests within seconds; `TokenWatcher` closes the open streams of revoked or
-expired tokens on the same clock.
+expired tokens on the same clock. Made-up tokens are cheap to refuse: one that is
+not of the form `create` makes (cdc/tokens.py) is refused without a lookup; an
+unknown one is remembered as unknown for `CACHE_S`, apart from the valid ones (a
+flood of unknown tokens evicts no valid one, and each cache is bounded, least
+recently used first); and each client address may make only `UNKNOWN_PER_S`
+lookups that find nothing per second (bursts of `UNKNOWN_BURST`), then 429.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -24,12 +30,16 @@ from urllib.parse import parse_qs
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.problems import problem
+from api.ratelimit import Buckets, client_address, retry_after
 from cdc import tokens
 from cdc.hub import Hub
 
 log = logging.getLogger(__name__)
 
 CACHE_S = 2.0
+CACHE_MAX = 10_000  # entries per cache (valid tokens; unknown ones)
+UNKNOWN_PER_S = 5.0  # lookups that find no token, per client address and second
+UNKNOWN_BURST = 50
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics", "/openapi.json", "/", "/branch"})
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -66,29 +76,52 @@ def required_scope(method: str, path: str) -> str | None:
 
 
 class TokenCache:
-    """Recently resolved tokens (for `CACHE_S`), shared with the watcher that evicts them."""
+    """Recently resolved tokens (for `CACHE_S`), shared with the watcher that evicts them.
 
-    def __init__(self) -> None:
-        self.entries: dict[bytes, tuple[Principal | None, float]] = {}
+    Valid and unknown tokens are kept apart, each bounded to `max_entries` with the
+    least recently used evicted first: unknown tokens, however many, never push out a
+    valid one.
+    """
+
+    def __init__(self, max_entries: int = CACHE_MAX) -> None:
+        self.max_entries = max_entries
+        self.valid: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+        self.unknown: OrderedDict[bytes, float] = OrderedDict()
 
     def get(self, key: bytes, now: float) -> tuple[bool, Principal | None]:
         """(hit, principal) for a token's hash."""
-        hit = self.entries.get(key)
+        hit = self.valid.get(key)
         if hit is not None and hit[1] > now:
+            self.valid.move_to_end(key)
             return True, hit[0]
+        until = self.unknown.get(key)
+        if until is not None and until > now:
+            return True, None
         return False, None
 
     def put(self, key: bytes, principal: Principal | None, now: float) -> None:
-        """Remember a lookup; bounded, so a flood of bad tokens cannot grow it."""
-        if len(self.entries) > 10_000:
-            self.entries.clear()
-        self.entries[key] = (principal, now + CACHE_S)
+        """Remember a lookup for CACHE_S."""
+        if principal is None:
+            self.valid.pop(key, None)
+            self.unknown[key] = now + CACHE_S
+            self.unknown.move_to_end(key)
+            _bound(self.unknown, self.max_entries)
+        else:
+            self.unknown.pop(key, None)
+            self.valid[key] = (principal, now + CACHE_S)
+            self.valid.move_to_end(key)
+            _bound(self.valid, self.max_entries)
 
     def evict(self, token_ids: set[int]) -> None:
         """Forget these tokens at once (they were revoked or expired)."""
-        for key, (p, _) in list(self.entries.items()):
-            if p is not None and p.token_id in token_ids:
-                del self.entries[key]
+        for key, (p, _) in list(self.valid.items()):
+            if p.token_id in token_ids:
+                del self.valid[key]
+
+
+def _bound(entries: OrderedDict[bytes, Any], size: int) -> None:
+    while len(entries) > size:
+        entries.popitem(last=False)  # the least recently used
 
 
 class AuthMiddleware:
@@ -98,6 +131,7 @@ class AuthMiddleware:
         self.app = app
         self.enabled = enabled
         self.cache = cache
+        self.unknown = Buckets(UNKNOWN_PER_S, UNKNOWN_BURST)  # per client address
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -116,7 +150,16 @@ class AuthMiddleware:
         if token is None:
             await _deny(scope, receive, send, 401, "a bearer token is required")
             return
-        principal = await self._resolve(state, token)
+        if not tokens.well_formed(token):  # refused without a lookup
+            await _deny(scope, receive, send, 401, "unknown, expired or revoked token")
+            return
+        try:
+            principal = await self._resolve(state, token, client_address(scope))
+        except _TooManyUnknown as exc:
+            await problem(429, "too many unknown tokens from this address; retry later",
+                          headers={"Retry-After": retry_after(exc.wait)})(
+                scope, receive, send)  # fmt: skip
+            return
         if principal is None:
             await _deny(scope, receive, send, 401, "unknown, expired or revoked token")
             return
@@ -126,20 +169,31 @@ class AuthMiddleware:
         state["principal"] = principal
         await self.app(scope, receive, send)
 
-    async def _resolve(self, state: dict[str, Any], token: str) -> Principal | None:
+    async def _resolve(self, state: dict[str, Any], token: str, address: str) -> Principal | None:
         now = time.monotonic()
         pepper = state["settings"].token_pepper
         key = tokens.hash_token(token, pepper)  # the cache never holds tokens themselves
         hit, principal = self.cache.get(key, now)
         if hit:
             return principal
+        wait = self.unknown.wait(address, now)
+        if wait > 0:  # this address made up too many tokens lately: no lookup for it
+            raise _TooManyUnknown(wait)
         async with state["pool"].connection() as conn:
             rec = await tokens.lookup(conn, token, pepper)
         principal = (
             Principal(rec.id, rec.name, frozenset(rec.scopes), rec.branch_id) if rec else None
         )
+        if principal is None:
+            self.unknown.spend(address, now)
         self.cache.put(key, principal, now)
         return principal
+
+
+class _TooManyUnknown(Exception):
+    def __init__(self, wait: float) -> None:
+        super().__init__(wait)
+        self.wait = wait
 
 
 def _presented_token(scope: Scope) -> str | None:

@@ -20,6 +20,7 @@ import psycopg
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api import references
 from api.csvcopy import copy_in, failed_line, with_line
 from api.csvimport import SPOOL_MEMORY, prepare
 from api.errors import ApiError
@@ -78,10 +79,12 @@ async def import_csv(request: Request, res: Any, pin: Any, write: Write) -> Resp
     _check_charset(content_type)
     state: Any = request.state
     body, digest = await spool(request, state.settings.import_max_bytes)
+    records: list[dict[str, Any]] = []
     try:
 
         def pinned(values: dict[str, Any]) -> None:
             confine(res, values, pin)
+            records.append(values)  # its references are checked in the write (references.py)
 
         # Off the event loop: a large file takes seconds to validate.
         prepared = await asyncio.to_thread(
@@ -91,6 +94,9 @@ async def import_csv(request: Request, res: Any, pin: Any, write: Write) -> Resp
         body.close()
 
     async def work(conn: psycopg.AsyncConnection[Any], txid: str) -> Reply:
+        failed = await references.first_elsewhere(conn, res, pin, records, state.registry.tenants())
+        if failed is not None:
+            raise with_line(failed[1], prepared.line_of(failed[0]))
         await copy_in(conn, res, prepared)
         return Reply(201, dumps({"data": {"count": prepared.count}, "txid": txid}).encode())
 

@@ -99,9 +99,10 @@ def database_error(exc: psycopg.Error, *, deleting: bool = False) -> ApiError | 
     diag = exc.diag
     constraint = diag.constraint_name or ""
     if isinstance(exc, pg.UniqueViolation):
+        # The key's columns only, no constraint: a branch-pinned writer that hits another
+        # branch's id gets the answer an id of its own branch gets, and learns nothing more.
         cols = _key_columns(diag.message_detail)
-        what = f"a {diag.table_name} row with this {cols or 'key'} already exists"
-        return ApiError(409, f"{what} (constraint {constraint})", constraint=constraint)
+        return ApiError(409, f"a {diag.table_name} row with this {cols or 'key'} already exists")
     if isinstance(exc, pg.ForeignKeyViolation):
         if deleting:
             return ApiError(
@@ -110,9 +111,7 @@ def database_error(exc: psycopg.Error, *, deleting: bool = False) -> ApiError | 
                 "delete or move the rows that reference it first",
                 constraint=constraint,
             )
-        col = _key_columns(diag.message_detail) or constraint
-        errors = [{"field": col, "message": f"references a row that does not exist ({constraint})"}]
-        return unprocessable(errors, constraint=constraint)
+        return missing_reference(_key_columns(diag.message_detail) or constraint, constraint)
     if isinstance(exc, pg.NotNullViolation):
         errors = [{"field": diag.column_name or "body", "message": "must not be null"}]
         return unprocessable(errors)
@@ -128,6 +127,12 @@ def database_error(exc: psycopg.Error, *, deleting: bool = False) -> ApiError | 
     if isinstance(exc, psycopg.OperationalError):
         return ApiError(503, "the database is unreachable; retry", headers={"Retry-After": "1"})
     return None
+
+
+def missing_reference(columns: str, constraint: str) -> ApiError:
+    """The 422 for a foreign key naming no row (for a branch-pinned writer: none of its branch)."""
+    errors = [{"field": columns, "message": f"references a row that does not exist ({constraint})"}]
+    return unprocessable(errors, constraint=constraint)
 
 
 def _key_columns(message_detail: str | None) -> str | None:

@@ -1,12 +1,17 @@
 """`GET /metrics` in Prometheus text format, and the HTTP request metrics middleware.
 
 Engine figures are read from the hub, listener and sequencer at scrape time
-(a collector, no per-event cost); database figures come from one query per
-scrape. Each server process has its own registry: no module globals.
+(a collector, no per-event cost); database figures come from one query at most
+every `DB_CACHE_S` seconds, however many scrapes arrive (one runs at a time, the
+others take its figures), so a flood of `GET /metrics` costs the database
+nothing. With `PGTIDE_METRICS_TOKEN` set, a scrape needs that bearer token.
+Each server process has its own registry: no module globals.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,9 +30,12 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.logs import route_name
+from api.problems import problem
 from cdc.hub import LAG_BUCKETS, Hub
 from cdc.listener import Listener
 from cdc.queries import queries
+
+DB_CACHE_S = 5.0  # how long the database figures of one scrape serve the next ones
 
 
 class EngineCollector(Collector):
@@ -121,8 +129,20 @@ class Metrics:
             ["route", "method"], registry=self.registry,
         )  # fmt: skip
 
+        self.db_read_at: float | None = None  # monotonic time of the last database read
+        self.db_lock = asyncio.Lock()
+
     async def refresh_db(self, pool: Any) -> None:
-        """Read the database figures for this scrape (a failure says the database is down)."""
+        """Read the database figures, unless read less than DB_CACHE_S ago (or meanwhile)."""
+        async with self.db_lock:  # concurrent scrapes wait for one read, then share it
+            read_at = self.db_read_at
+            if read_at is not None and time.monotonic() - read_at < DB_CACHE_S:
+                return
+            await self._read_db(pool)
+            self.db_read_at = time.monotonic()
+
+    async def _read_db(self, pool: Any) -> None:
+        """Read the database figures (a failure says the database is down)."""
         try:
             async with pool.connection(timeout=2) as conn:
                 row = await (await conn.execute(queries["metrics"])).fetchone()
@@ -138,8 +158,19 @@ class Metrics:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    """`GET /metrics`: Prometheus text."""
+    """`GET /metrics`: Prometheus text (with PGTIDE_METRICS_TOKEN set, for its bearer only)."""
     state: Any = request.state
+    expected = state.settings.metrics_token
+    if expected:
+        kind, _, given = request.headers.get("authorization", "").partition(" ")
+        if kind.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), expected.encode()
+        ):
+            return problem(
+                401,
+                "GET /metrics needs the bearer token PGTIDE_METRICS_TOKEN names",
+                headers={"WWW-Authenticate": 'Bearer realm="pgtide-metrics"'},
+            )
     await state.metrics.refresh_db(state.pool)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -29,7 +29,7 @@ from pydantic_core import to_json
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import writes
+from api import references, writes
 from api.bodies import parse, read_body
 from api.errors import RETRYABLE, ApiError, database_error, guarded, invalid, name_check_columns
 from api.identity import author_of, branch_pin, confine
@@ -101,7 +101,10 @@ async def _push(request: Request) -> Response:
     scope = f"{_token_name(request) or ''}/{req.client_id or ''}"
     state: Any = request.state
     results: list[Result] = []
+    tenants = state.registry.tenants()  # for the references of pinned writes
     async with state.pool.connection() as conn:
+        # Pushes pay for forgetting old mutation ids: a few per push (docs/writes.md).
+        await conn.execute(queries["purge_mutations"], {"ttl": state.settings.mutation_ttl})
         for index, raw in enumerate(req.mutations):
             head = {"index": index, "mutation_id": _mutation_id(raw)}
             try:
@@ -115,7 +118,7 @@ async def _push(request: Request) -> Response:
                 continue
             planned = replace(planned, pin=pin)
             author = replace(sender, mutation_id=planned.m.mutation_id)
-            results.append({**head, **await _apply(conn, planned, req, author, scope)})
+            results.append({**head, **await _apply(conn, planned, req, author, scope, tenants)})
     return Response(dumps({"results": results}), 200, media_type="application/json")
 
 
@@ -196,6 +199,7 @@ async def _apply(
     req: PushRequest,
     author: writes.Author,
     sender: str,
+    tenants: dict[str, str],
 ) -> Result:
     """One mutation in its own transaction (retried on deadlock); its result."""
     for attempt in range(1, ATTEMPTS + 1):
@@ -216,6 +220,16 @@ async def _apply(
                     first = await cur.fetchone()
                     result = {"status": "duplicate", "txid": first[0] if first else None}
                     raise psycopg.Rollback()
+                cur = await conn.execute(queries["logged_mutation"], {
+                    "mutation_id": p.m.mutation_id, "actor": author.actor,
+                    "origin": author.origin,
+                })  # fmt: skip
+                logged = await cur.fetchone()
+                if logged is not None:  # applied before its id was forgotten: not again
+                    result = {"status": "duplicate", "txid": logged[0]}
+                    raise psycopg.Rollback()
+                if p.op != "delete":  # a pinned write references only its branch's rows
+                    await references.check(conn, p.res, p.pin, p.values, tenants)
                 decide = _lww if req.policy == "lww" else _by_version
                 result = await decide(conn, p)
                 if result["status"] != "applied":
@@ -228,8 +242,13 @@ async def _apply(
                         "table": p.res.name, "id": str(stored.row[p.res.key]),
                         "client_ts": p.m.client_ts,
                         "etag": None if p.op == "delete" else stored.tag,
+                        "tenant": None if p.res.tenant is None
+                        else str(stored.row[p.res.tenant]),
                     })  # fmt: skip
             return result
+        except ApiError as exc:  # a reference outside the pin's branch: as a missing row
+            return {"status": "rejected", "detail": exc.detail,
+                    "errors": exc.members.get("errors", [])}  # fmt: skip
         except psycopg.Error as exc:
             if isinstance(exc, RETRYABLE) and attempt < ATTEMPTS:
                 continue
@@ -257,7 +276,7 @@ async def _by_version(conn: psycopg.AsyncConnection[Any], p: Planned) -> Result:
     """Policy `version`: an update or delete applies at the base version (or ETag) only."""
     if p.op == "insert":
         current = await writes.fetch(conn, p.res, p.id, p.pin) if p.id is not None else None
-        if current is not None:
+        if current is not None or await _elsewhere(conn, p):
             return _conflict(current, "a row with this id already exists")
         return _applied(await writes.insert(conn, p.res, p.values))
     assert p.id is not None and p.tags is not None
@@ -286,6 +305,8 @@ async def _lww(conn: psycopg.AsyncConnection[Any], p: Planned) -> Result:
             queries["lock_clock"], {"table": p.res.name, "id": str(p.id)}
         )
         clock = await cur.fetchone()
+        if clock is not None and p.pin is not None and clock[2] != str(p.pin):
+            clock = None  # another branch's clock (or one kept before clocks named a branch)
         if locked is not None:
             current, written_at = locked
             # The pushed clock speaks for the row while no one else wrote it since.
@@ -296,7 +317,7 @@ async def _lww(conn: psycopg.AsyncConnection[Any], p: Planned) -> Result:
         return _conflict(current, f"the row was last written at {_iso(last)}, "
                                   f"not before client_ts {_iso(p.m.client_ts)}")  # fmt: skip
     if p.op == "insert":
-        if current is not None:
+        if current is not None or await _elsewhere(conn, p):
             return _conflict(current, "a row with this id already exists")
         return _applied(await writes.insert(conn, p.res, p.values))
     if current is None:
@@ -305,6 +326,17 @@ async def _lww(conn: psycopg.AsyncConnection[Any], p: Planned) -> Result:
     if p.op == "update":
         return _applied(await writes.update(conn, p.res, p.id, p.values, None, p.pin))
     return _applied(await writes.delete(conn, p.res, p.id, None, p.pin))
+
+
+async def _elsewhere(conn: psycopg.AsyncConnection[Any], p: Planned) -> bool:
+    """Whether a pinned insert's id is taken by a row its branch cannot see.
+
+    Answered as a conflict like an id of its own branch (without the row), not as the
+    database's refusal: the same answer whichever branch holds the id.
+    """
+    if p.pin is None or p.id is None:
+        return False
+    return await writes.fetch(conn, p.res, p.id, None) is not None
 
 
 def _iso(moment: datetime) -> str:

@@ -102,13 +102,61 @@ SELECT txid::text FROM pgtide.sync_mutations
  WHERE sender = %(sender)s AND mutation_id = %(mutation_id)s;
 
 -- name: lock_clock
--- A row's last pushed client timestamp and the ETag it left, locked with the row.
-SELECT client_ts, etag FROM pgtide.sync_clocks
+-- A row's last pushed client timestamp, the ETag it left and the row's tenant (branch),
+-- locked with the row.
+SELECT client_ts, etag, tenant FROM pgtide.sync_clocks
  WHERE table_name = %(table)s AND row_id = %(id)s FOR UPDATE;
 
 -- name: set_clock
--- Record a pushed write's client timestamp and the ETag it left (NULL: deleted).
-INSERT INTO pgtide.sync_clocks (table_name, row_id, client_ts, etag)
-VALUES (%(table)s, %(id)s, %(client_ts)s, %(etag)s)
+-- Record a pushed write's client timestamp, the ETag it left (NULL: deleted) and the
+-- row's tenant, so a branch-pinned push never compares with another branch's clock.
+INSERT INTO pgtide.sync_clocks (table_name, row_id, client_ts, etag, tenant)
+VALUES (%(table)s, %(id)s, %(client_ts)s, %(etag)s, %(tenant)s)
 ON CONFLICT (table_name, row_id) DO UPDATE
-   SET client_ts = EXCLUDED.client_ts, etag = EXCLUDED.etag;
+   SET client_ts = EXCLUDED.client_ts, etag = EXCLUDED.etag, tenant = EXCLUDED.tenant;
+
+-- name: foreign_keys
+-- The foreign keys of a table: name, its columns, the referenced table and columns (in
+-- the key's order), and the referenced table's column names (has it a tenant column?).
+SELECT c.conname::text, array_agg(a.attname::text ORDER BY k.ord),
+       rn.nspname::text, rc.relname::text, array_agg(ra.attname::text ORDER BY k.ord),
+       (SELECT array_agg(x.attname::text) FROM pg_attribute x
+         WHERE x.attrelid = c.confrelid AND x.attnum > 0 AND NOT x.attisdropped)
+  FROM pg_constraint c
+ CROSS JOIN LATERAL unnest(c.conkey, c.confkey) WITH ORDINALITY AS k(col, refcol, ord)
+  JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.col
+  JOIN pg_attribute ra ON ra.attrelid = c.confrelid AND ra.attnum = k.refcol
+  JOIN pg_class rc ON rc.oid = c.confrelid
+  JOIN pg_namespace rn ON rn.oid = rc.relnamespace
+ WHERE c.contype = 'f'
+   AND c.conrelid = to_regclass(quote_ident(%(schema)s) || '.' || quote_ident(%(table)s))
+ GROUP BY c.oid, c.conname, rn.nspname, rc.relname
+ ORDER BY c.conname;
+
+-- name: first_foreign_elsewhere
+-- The first record (`i`) whose referenced row is not one of the tenant %(pin)s: missing,
+-- or another tenant's. The rows found are locked (FOR SHARE) until the write commits, so
+-- none moves to another tenant in between. {parent} is the referenced table, {match}
+-- `p.<col> = k.<col> AND ...` over its referenced columns, {tenant} its tenant column.
+SELECT (e.doc->>'i')::int FROM jsonb_array_elements(%(keys)s::jsonb) AS e(doc)
+ CROSS JOIN LATERAL jsonb_populate_record(NULL::{parent}, e.doc->'k') AS k
+ WHERE NOT EXISTS (SELECT FROM {parent} AS p
+                    WHERE {match} AND p.{tenant}::text = %(pin)s FOR SHARE)
+ ORDER BY 1 LIMIT 1;
+
+-- name: purge_mutations
+-- Forget a few pushed mutation ids older than the retention window (PGTIDE_MUTATION_TTL);
+-- rows another push holds are skipped, not waited for.
+DELETE FROM pgtide.sync_mutations
+ WHERE (sender, mutation_id) IN (SELECT sender, mutation_id FROM pgtide.sync_mutations
+                                  WHERE applied_at < now() - %(ttl)s::interval
+                                  ORDER BY applied_at LIMIT 100
+                                    FOR UPDATE SKIP LOCKED);
+
+-- name: logged_mutation
+-- The transaction that applied a mutation id of this sender, by the log: for an id
+-- resent after sync_mutations forgot it. The sender is who the log records (actor, origin).
+SELECT txid::text FROM pgtide.sync_log
+ WHERE mutation_id = %(mutation_id)s AND actor IS NOT DISTINCT FROM %(actor)s
+   AND origin IS NOT DISTINCT FROM %(origin)s
+ ORDER BY id LIMIT 1;

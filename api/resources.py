@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import idempotency, writes
+from api import idempotency, references, writes
 from api.bodies import is_array, parse, parse_array, read_body
 from api.csvroute import import_csv, is_csv
 from api.errors import RETRYABLE, ApiError, database_error, guarded, name_check_columns
@@ -52,6 +52,12 @@ def _id(request: Request, res: Resource) -> Any:
         return res.parse_key(raw)
     except ValueError:
         raise writes.missing(res, repr(raw)) from None
+
+
+def _tenants(request: Request) -> dict[str, str]:
+    """`schema.table` -> tenant column of the served resources (api/references.py)."""
+    tenants: dict[str, str] = request.state.registry.tenants()
+    return tenants
 
 
 def _tags(header: str | None) -> list[str] | None:
@@ -170,6 +176,7 @@ async def create(request: Request, res: Resource) -> Response:
             confine(res, values, pin)
 
         async def create_many(conn: psycopg.AsyncConnection[Any], txid: str) -> Reply:
+            await references.check_many(conn, res, pin, many, _tenants(request))
             rows = [s.row for s in await writes.insert_many(conn, res, many)]
             return _reply(201, rows, txid)
 
@@ -178,6 +185,7 @@ async def create(request: Request, res: Resource) -> Response:
     confine(res, one, pin)
 
     async def create_one(conn: psycopg.AsyncConnection[Any], txid: str) -> Reply:
+        await references.check(conn, res, pin, one, _tenants(request))
         made = await writes.insert(conn, res, one)
         location = f"/api/{res.name}/{quote(str(made.row[res.key]), safe='')}"
         return _reply(201, made.row, txid, ETag=made.etag, Location=location)
@@ -199,6 +207,7 @@ async def _update(request: Request, res: Resource, *, replace: bool) -> Response
     tags = _tags(request.headers.get("if-match"))
 
     async def update(conn: psycopg.AsyncConnection[Any], txid: str) -> Reply:
+        await references.check(conn, res, pin, values, _tenants(request))
         done = await writes.update(conn, res, id, values, tags, pin, replace=replace)
         if done is None:
             raise await writes.refusal(conn, res, id, pin)

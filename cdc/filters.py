@@ -99,11 +99,22 @@ class StreamFilter:
     branch: str | None = None
     shared_tables: frozenset[str] = frozenset()  # tables without a tenant it may read
     tenants: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
+    # Pinned: the tables it may read (with their tenant column, or shared), when it
+    # subscribed. A TRUNCATE carries no row, so only this says whether it may see one.
+    readable: frozenset[str] = frozenset()
 
     @property
     def key(self) -> tuple[Any, ...]:
         """Equal keys select equal events: the hub encodes a batch once per key."""
-        return (self.tables, self.ops, self.topics, self.columns, self.branch, self.shared_tables)
+        return (
+            self.tables,
+            self.ops,
+            self.topics,
+            self.columns,
+            self.branch,
+            self.shared_tables,
+            self.readable,
+        )
 
     def _in_branch(self, table: str, img: Image | None) -> bool:
         if img is None:
@@ -116,7 +127,9 @@ class StreamFilter:
             return True
         if op == "MESSAGE":
             return self._in_branch(table, new)  # a message payload naming this branch
-        if table in self.shared_tables or op == "TRUNCATE":
+        if op == "TRUNCATE":  # no row to judge by: only tables it may read
+            return table in self.readable
+        if table in self.shared_tables:
             return True
         return self._in_branch(table, new) or self._in_branch(table, old)
 
@@ -302,6 +315,7 @@ def build_filter(
                     _compile(f, info.columns[f.column], info.name) for f in parsed
                 )
     shared = frozenset(_known(catalog, shared_tables))
+    readable: set[str] = set()
     if branch is not None:
         # Pinned: a table without its tenant column is readable only when shared.
         readable = {t for t, info in catalog.items()
@@ -311,7 +325,7 @@ def build_filter(
             raise FilterError(f"table {hidden!r} is not readable with a branch-pinned token")
     return StreamFilter(
         selected, parse_ops(ops), topic_set, parsed, predicates,
-        branch=branch, shared_tables=shared, tenants=tenants,
+        branch=branch, shared_tables=shared, tenants=tenants, readable=frozenset(readable),
     )  # fmt: skip
 
 

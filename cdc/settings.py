@@ -86,3 +86,12 @@ class Settings(BaseSettings):
     retention_batch: int = Field(default=10_000, ge=1)
     # Browser origins allowed to call the API and read the stream (comma-separated).
     cors_origins: str = ""
+    # Pushed mutation ids are forgotten after this (30d, 12h, ...); a resend after that is
+    # still recognised in the log while the log keeps the change (docs/writes.md).
+    mutation_ttl: Annotated[timedelta, BeforeValidator(_duration)] = timedelta(days=30)
+    # Requests per second one token (auth off: one client address) may make in each server
+    # process, with bursts of `rate_limit_burst`; 429 beyond. 0 turns the limit off.
+    rate_limit_per_s: float = Field(default=100.0, ge=0)
+    rate_limit_burst: int = Field(default=200, ge=1)
+    # With it set, GET /metrics needs `Authorization: Bearer <this value>` (docs/operations.md).
+    metrics_token: str | None = None

@@ -8,6 +8,7 @@ of the database alone cannot even test a guess.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from cdc.timespec import parse_duration
 SCOPES = ("read", "write", "audit", "admin")
 PREFIX = "pgt_"
 _DEFAULT_PEPPER = b"pgtide-token-v1"
+# What `create` makes: the prefix and 43 url-safe characters (32 bytes in base64).
+_WELL_FORMED = re.compile(r"pgt_[A-Za-z0-9_-]{43}")
 
 
 class TokenError(PgtideError):
@@ -46,6 +49,11 @@ def hash_token(token: str, pepper: str | None) -> bytes:
     """The stored form of a token."""
     key = pepper.encode() if pepper else _DEFAULT_PEPPER
     return hashlib.blake2b(token.encode(), key=key[:64], digest_size=32).digest()
+
+
+def well_formed(token: str) -> bool:
+    """Whether `token` could be one `create` made; anything else is refused unlooked-up."""
+    return _WELL_FORMED.fullmatch(token) is not None
 
 
 def parse_lifetime(text: str) -> timedelta:
@@ -141,7 +149,6 @@ async def inactive(conn: psycopg.AsyncConnection[Any], ids: list[int]) -> set[in
 
 
 BOOTSTRAP_NAME = "bootstrap"
-_MIN_BOOTSTRAP = 32  # characters after the prefix: as much entropy as a generated token
 
 
 def ensure_bootstrap(conn: psycopg.Connection[Any], token: str, pepper: str | None) -> bool:
@@ -152,10 +159,10 @@ def ensure_bootstrap(conn: psycopg.Connection[Any], token: str, pepper: str | No
     changed (rotation). True if the database changed.
     """
     token = token.strip()
-    if not token.startswith(PREFIX) or len(token) < len(PREFIX) + _MIN_BOOTSTRAP:
+    if not well_formed(token):
         raise TokenError(
-            f"the bootstrap token must start with {PREFIX} and have at least "
-            f"{_MIN_BOOTSTRAP} characters after it (make one with: "
+            f"the bootstrap token must be {PREFIX} and 43 url-safe characters, as tokens "
+            "pgtide makes are (make one with: "
             "python -c 'import secrets; print(\"pgt_\" + secrets.token_urlsafe(32))')"
         )
     params = {"name": BOOTSTRAP_NAME, "hash": hash_token(token, pepper), "scopes": ["admin"]}

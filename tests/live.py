@@ -67,6 +67,9 @@ class Server:
             **os.environ,
             "DATABASE_URL": url,
             "PGTIDE_LOG_LEVEL": "WARNING",
+            # Tests of other features send requests as fast as they can: no request-rate
+            # limit unless a test sets one (tests/test_limits.py).
+            "PGTIDE_RATE_LIMIT_PER_S": "0",
             **(env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None

@@ -110,5 +110,5 @@ def test_the_bootstrap_token_is_created_once_and_replaced_when_the_secret_change
     assert tokens.ensure_bootstrap(conn, second, None) is True  # rotated, and revived
     assert stored() == (tokens.hash_token(second, None), ["admin"])
     for weak in ("", "secret", "pgt_short", "x" * 60):
-        with pytest.raises(tokens.TokenError, match="must start with pgt_"):
+        with pytest.raises(tokens.TokenError, match="must be pgt_ and 43"):
             tokens.ensure_bootstrap(conn, weak, None)

@@ -276,3 +276,33 @@ def test_lww_needs_client_ts(api: Api) -> None:
     b = api.branch()
     (r,) = push(api, [mutation("update", "branches", b["id"], {"city": "X"})], policy="lww")
     assert r["status"] == "rejected" and "client_ts" in r["detail"]
+
+
+def test_mutation_ids_expire_and_a_resend_after_that_is_found_in_the_log(api: Api) -> None:
+    b = api.branch()["id"]
+    cid = new_id()
+    queue = [
+        mutation("insert", "clients", cid, {"branch_id": b, "full_name": "Old Ann"}),
+        mutation("update", "clients", cid, {"notes": "once"}, base_version=1),
+    ]
+    first = push(api, queue)
+    assert statuses(first) == ["applied"] * 2
+    ids = [m["mutation_id"] for m in queue]
+    api.sql.execute(
+        "UPDATE pgtide.sync_mutations SET applied_at = now() - interval '31 days' "
+        "WHERE mutation_id = ANY (%s)", (ids,),
+    )  # fmt: skip
+    # Older than PGTIDE_MUTATION_TTL (30 days): the next push forgets them.
+    push(api, [mutation("insert", "clients", new_id(), {"branch_id": b, "full_name": "N"})])
+    left = "SELECT count(*) FROM pgtide.sync_mutations WHERE mutation_id = ANY (%s)"
+    assert api.scalar(left, ids) == 0
+    before = api.checksum()
+
+    again = push(api, queue)
+
+    assert statuses(again) == ["duplicate"] * 2  # not a conflict, and not a second write
+    assert [r["txid"] for r in again] == [r["txid"] for r in first]
+    assert api.checksum() == before
+    # Another sender's ids are not this sender's, in the log as in sync_mutations.
+    r = api.post("/api/sync/push", {"client_id": "tablet-9", "mutations": queue[1:]})
+    assert statuses(r.json()["results"]) == ["conflict"]
