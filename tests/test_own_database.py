@@ -171,8 +171,8 @@ def test_the_readme_app_file_serves_an_existing_table(shop: str, tmp_path: Path)
     assert installed.returncode == 0, installed.stderr
     assert "installed app shop" in installed.stdout
     server = Server(shop, cwd=tmp_path).start()
+    http = httpx.Client(base_url=server.base, timeout=30)
     try:
-        http = httpx.Client(base_url=server.base, timeout=30)
         made = http.post("/api/shipments", json={"reference": "S-9", "weight_kg": 12})
         assert made.status_code == 201, made.text
         row = made.json()["data"]
@@ -227,6 +227,7 @@ def test_the_readme_app_file_serves_an_existing_table(shop: str, tmp_path: Path)
         assert gone.status_code == 200 and gone.json()["data"]["weight_kg"] == 5
         assert http.get("/api/clients").status_code == 404
     finally:
+        http.close()
         server.stop()
     with db.connect(shop) as conn:
         ops = conn.execute("SELECT op FROM pgtide.sync_log WHERE table_name = 'shipments'"
