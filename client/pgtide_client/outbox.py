@@ -97,7 +97,14 @@ class Store:
     def __init__(self, path: str | os.PathLike[str], sender: str) -> None:
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.lock = threading.Lock()  # one connection, shared by the caller's threads
-        self.db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + SCHEMA)
+        try:
+            self.db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + SCHEMA)
+            self._claim(sender, os.fspath(path))
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _claim(self, sender: str, path: str) -> None:
         with self.lock, self.db:
             self.db.execute("BEGIN IMMEDIATE")
             row = self.db.execute("SELECT value FROM outbox_meta WHERE key = 'sender'").fetchone()
@@ -105,8 +112,8 @@ class Store:
                 self.db.execute("INSERT INTO outbox_meta VALUES ('sender', ?)", (sender,))
             elif row[0] != sender:
                 raise OutboxError(
-                    f"{os.fspath(path)} is the outbox of another sender (server, token or "
-                    "client_id): its mutation ids would not be recognised as duplicates"
+                    f"{path} is the outbox of another sender (server, token or client_id): "
+                    "its mutation ids would not be recognised as duplicates"
                 )
 
     def add(self, r: Record) -> Record:
