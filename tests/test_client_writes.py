@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -132,3 +135,29 @@ def test_a_write_whose_answer_is_lost_is_resent_with_its_key_and_applied_once(
     count = api.scalar("SELECT count(*) FROM pgtide.sync_log WHERE pk ->> 'id' = %s",
                        written.row["id"])  # fmt: skip
     assert count == 1
+
+
+def test_tail_url_follows_a_remote_server_through_the_client(
+    live: tuple[Server, str], api: Api
+) -> None:
+    srv, _ = live
+    cmd = [sys.executable, "-m", "api.cli", "tail", "--url", srv.base, "--json",
+           "--tables", "branches", "--where", "code=like.x"]  # fmt: skip
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1
+    assert bad.stderr.splitlines() == [f"Error: {srv.base} refused the stream: filter "
+                                       "code='like.x': unknown operator 'like'; use eq, neq, lt,"
+                                       " lte, gt, gte, in or is (as column=op.value)"]  # fmt: skip
+    proc = subprocess.Popen(cmd[:-2], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        assert first["event"] == "synced"
+        made = api.branch()
+        line = json.loads(proc.stdout.readline())
+        assert (line["event"], line["op"], line["row"]) == ("change", "INSERT", made)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
