@@ -10,7 +10,7 @@ Depends only on httpx and httpx-sse. The wire contract is pgtide's
 docs/design.md; the choices this client makes are in docs/client.md.
 """
 
-from pgtide_client.client import AsyncClient, Client
+from pgtide_client.client import AsyncClient, Client, Following
 from pgtide_client.errors import (
     Conflict,
     HTTPError,
@@ -46,6 +46,7 @@ __all__ = [
     "Event",
     "Fetched",
     "Flushed",
+    "Following",
     "HTTPError",
     "Invalid",
     "NotFound",

@@ -1,8 +1,9 @@
 """Client and AsyncClient: writes, reads, push, subscriptions and await_txid on one server.
 
     with Client("http://127.0.0.1:8000", token) as pg:
+        pg.follow(tables="orders", replica=replica)   # a subscription in a thread
         w = pg.patch("orders", order_id, {"status": "paid"}, if_match=3)
-        pg.await_txid(w.txid, timeout=5)   # needs a subscription of this client running
+        pg.await_txid(w.txid, timeout=5)   # it came back on that subscription
 
 Every subscription opened through a client notes the txids it sees, so
 `await_txid` returns once one's own write came back on the stream (write
@@ -14,6 +15,7 @@ give a timeout.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
@@ -22,10 +24,46 @@ import httpx
 
 from pgtide_client import http
 from pgtide_client.errors import Unavailable
-from pgtide_client.events import Event
+from pgtide_client.events import Event, Synced
 from pgtide_client.http import Call, Fetched, Key, Row, Written
 from pgtide_client.subscribe import asubscribe, subscribe
 from pgtide_client.txids import TxidWatch
+
+
+class Following:
+    """A subscription run in a daemon thread (`Client.follow`): for its replica and await_txid.
+
+    `synced` is set at the first `synced`; `error` holds what ended it (a final
+    refusal), if anything did; `stop()` ends it after the next event.
+    """
+
+    def __init__(self, events: Iterator[Event]) -> None:
+        self.synced = threading.Event()
+        self.error: BaseException | None = None
+        self._events = events
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="pgtide-follow", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for event in self._events:
+                if isinstance(event, Synced):
+                    self.synced.set()
+                if self._stop.is_set():
+                    break
+        except Exception as exc:
+            self.error = exc
+            self.synced.set()  # nobody waits for ever on a subscription that was refused
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _txid(txid: str | None) -> str:
+    if not txid:
+        raise ValueError("this write carries no txid (nothing was written?)")
+    return txid
 
 
 class _Base:
@@ -111,9 +149,13 @@ class Client(_Base):
         """`pgtide_client.subscribe` on this server, noting txids for `await_txid`."""
         return subscribe(self.base_url, self.token, txids=self.txids, **options)
 
-    def await_txid(self, txid: str, timeout: float | None = None) -> None:
+    def follow(self, **options: Any) -> Following:
+        """Run `subscribe(**options)` in a daemon thread (keeping its replica up to date)."""
+        return Following(self.subscribe(**options))
+
+    def await_txid(self, txid: str | None, timeout: float | None = None) -> None:
         """Block until a change of `txid` arrived on a subscription of this client."""
-        self.txids.wait(txid, timeout)
+        self.txids.wait(_txid(txid), timeout)
 
     def get(self, resource: str, key: Key) -> Fetched:
         return http.fetched(self.send(Call("GET", http.path_of(resource, key))))
@@ -218,9 +260,9 @@ class AsyncClient(_Base):
         """`pgtide_client.asubscribe` on this server, noting txids for `await_txid`."""
         return asubscribe(self.base_url, self.token, txids=self.txids, **options)
 
-    async def await_txid(self, txid: str, timeout: float | None = None) -> None:
+    async def await_txid(self, txid: str | None, timeout: float | None = None) -> None:
         """Wait until a change of `txid` arrived on a subscription of this client."""
-        await self.txids.await_(txid, timeout)
+        await self.txids.await_(_txid(txid), timeout)
 
     async def get(self, resource: str, key: Key) -> Fetched:
         return http.fetched(await self.send(Call("GET", http.path_of(resource, key))))
