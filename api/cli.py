@@ -360,6 +360,13 @@ def sequencer() -> None:
     help="Column filter as in GET /events, e.g. --where status=in.(new,paid); repeatable.",
 )
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a rich display.")
+@click.option(
+    "--url",
+    metavar="URL",
+    help="Tail a remote pgtide server (http://host:8000) through pgtide_client, resuming "
+    "by cursor across disconnects, instead of reading the database.",
+)
+@click.option("--token", envvar="PGTIDE_TOKEN", help="API token for --url (env: PGTIDE_TOKEN).")
 def tail(
     tables: str | None,
     ops: str | None,
@@ -368,9 +375,11 @@ def tail(
     snapshot: bool,
     where: tuple[str, ...],
     as_json: bool,
+    url: str | None,
+    token: str | None,
 ) -> None:
     """Print live changes with the same filters as GET /events, until Ctrl-C."""
-    from api.tail import printer
+    from api.tail import printer, tail_remote
     from api.tail import tail as run_tail
 
     columns = []
@@ -379,6 +388,22 @@ def tail(
         if not eq or not col:
             raise click.UsageError(f"--where takes COL=OP.VALUE, got {w!r}")
         columns.append((col, value))
+    if url is not None:
+        from pgtide_client import HTTPError
+
+        # httpx logs every request at INFO: each reconnect would interleave with the changes.
+        logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
+        remote = tail_remote(
+            url, token, tables=tables, ops=ops, topics=topics, since=since, snapshot=snapshot,
+            where=columns, emit=printer(out, as_json), note=err,
+        )  # fmt: skip
+        try:
+            _run_until_signal(remote)
+        except HTTPError as exc:
+            raise click.ClickException(f"{url} refused the stream: {exc.detail}") from None
+        return
+    if token is not None:
+        raise click.UsageError("--token goes with --url")
     settings = _settings()
     url = _database_url(settings)
     # The listener's lifecycle lines would interleave with the changes: keep them quiet.

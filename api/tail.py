@@ -2,7 +2,10 @@
 
 It runs the same machinery as a server process (a listener that also
 sequences if no other process does, the hub, the stream's catch-up), so what
-it prints is exactly what a subscriber with the same filters receives.
+it prints is exactly what a subscriber with the same filters receives. With
+`--url` it is such a subscriber instead: it follows a remote server's
+`GET /events` through pgtide_client, which resumes by cursor after a
+disconnect, so nothing is printed twice or missed.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from cdc.hub import Hub
 from cdc.listener import Listener
 from cdc.settings import Settings
 from cdc.stream import events, prepare
+from pgtide_client import Change, Reconnecting, Reset, StreamError, Synced, asubscribe
 
 OP_STYLES = {
     "INSERT": "green",
@@ -100,6 +104,37 @@ async def tail(
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+async def tail_remote(
+    url: str,
+    token: str | None,
+    *,
+    tables: str | None,
+    ops: str | None,
+    topics: str | None,
+    since: str | None,
+    snapshot: bool,
+    where: list[tuple[str, str]],
+    emit: Callable[[str | None, dict[str, Any]], None],
+    note: Console,
+) -> None:
+    """Print a remote server's matching changes to `emit` until cancelled (pgtide_client)."""
+    async for ev in asubscribe(
+        url, token, tables=tables, ops=ops, topics=topics, filters=dict(where), since=since,
+        snapshot=snapshot,
+    ):  # fmt: skip
+        if isinstance(ev, Change):
+            emit(None, ev.data)
+        elif isinstance(ev, Synced):
+            emit("synced", {"cursor": ev.cursor})
+        elif isinstance(ev, Reset):
+            emit("reset", ev.data)
+        elif isinstance(ev, StreamError):
+            emit("error", ev.problem)
+            note.print(Text(f"-- stream error {ev.code}: {ev.detail} --", style="bold red"))
+        elif isinstance(ev, Reconnecting):
+            note.print(Text(f"-- {ev.reason}; reconnecting in {ev.delay:.1f} s --", style="dim"))
 
 
 def printer(console: Console, as_json: bool) -> Callable[[str | None, dict[str, Any]], None]:

@@ -33,8 +33,12 @@ def dumps(obj: Any) -> str:
 
 
 def change_payload(c: Change) -> dict[str, Any]:
-    """The JSON object of a change event (field names fixed by docs/design.md)."""
-    return {
+    """The JSON object of a change event (field names fixed by docs/design.md).
+
+    `left` is present (true) only on an UPDATE that takes the row out of the
+    subscriber's column filters, so every other event keeps its shared bytes.
+    """
+    payload = {
         "cursor": str(c.seq),
         "seq": c.seq,
         "txid": c.txid,
@@ -51,6 +55,9 @@ def change_payload(c: Change) -> dict[str, Any]:
         "origin": c.origin,
         "mutation_id": c.mutation_id,
     }
+    if c.left:
+        payload["left"] = True
+    return payload
 
 
 def encode_change(c: Change, *, with_id: bool = True) -> bytes:

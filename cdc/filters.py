@@ -4,7 +4,9 @@ Pure: parsing and matching need only the catalog's column kinds, no database.
 
 A column filter (`branch_id=eq.B1`, `status=in.(new,paid)`, `total=gte.10`,
 `notes=is.null`) matches a change when the new row image or the old one
-satisfies every filter, so a subscriber also sees a row leave its filter.
+satisfies every filter, so a subscriber also sees a row leave its filter: that
+UPDATE is sent with `"left": true` (`StreamFilter.view`), so that a replica drops
+the row without evaluating filters of its own.
 TRUNCATE events of a selected table always match (they affect every row);
 MESSAGE events are selected by `topics` alone.
 """
@@ -133,22 +135,41 @@ class StreamFilter:
             return True
         return self._in_branch(table, new) or self._in_branch(table, old)
 
+    @property
+    def rewrites(self) -> bool:
+        """Whether `view` may change an event (a branch pin, column filters): else it never does."""
+        return self.branch is not None or bool(self.columns)
+
+    def _holds(self, table: str, img: Image | None, preds: tuple[Predicate, ...]) -> bool:
+        """Whether a row with this image is one the subscriber holds: its branch, its filters."""
+        if img is None:
+            return False
+        pinned = self.branch is not None and table not in self.shared_tables
+        return (not pinned or self._in_branch(table, img)) and all(p(img) for p in preds)
+
     def view(self, change: Change) -> Change:
         """The change as this subscriber may see it.
 
         For a pinned subscriber an UPDATE that moves a row out of its branch is a
         DELETE (no new image), one that moves a row in is an INSERT (no old image):
-        it never sees another branch's values. Anything else is returned as is.
+        it never sees another branch's values. An UPDATE whose new image no longer
+        passes the column filters (so the old one did) is marked `left`: the
+        subscriber drops the row. Anything else is returned as is.
         """
-        table = table_key(change)
-        if self.branch is None or change.op != "UPDATE" or table in self.shared_tables:
+        if change.op != "UPDATE" or not self.rewrites:
             return change
-        new_in = self._in_branch(table, change.new_row)
-        old_in = self._in_branch(table, change.old_row)
-        if new_in and not old_in:
-            return replace(change, op="INSERT", old_row=None, changed=None)
-        if old_in and not new_in:
-            return replace(change, op="DELETE", new_row=None, changed=None)
+        table = table_key(change)
+        if self.branch is not None and table not in self.shared_tables:
+            new_in = self._in_branch(table, change.new_row)
+            old_in = self._in_branch(table, change.old_row)
+            if new_in and not old_in:
+                return replace(change, op="INSERT", old_row=None, changed=None)
+            if old_in and not new_in:
+                return replace(change, op="DELETE", new_row=None, changed=None)
+        preds = self.predicates.get(table) if self.columns else None
+        new = change.new_row
+        if preds is not None and new is not None and not all(p(new) for p in preds):
+            return replace(change, left=True)
         return change
 
     def matches_row(self, table: str, row: Image) -> bool:
@@ -175,7 +196,9 @@ class StreamFilter:
         preds = self.predicates.get(table)
         if preds is None:  # the table lacks a filtered column
             return False
-        return any(img is not None and all(p(img) for p in preds) for img in (new, old))
+        # An image counts when the subscriber would hold that row: for a pinned one, an image
+        # of another branch passing the filters does not (its view would be a row it never had).
+        return any(self._holds(table, img, preds) for img in (new, old))
 
 
 def parse_list(value: str, what: str) -> list[str]:

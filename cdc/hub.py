@@ -241,7 +241,7 @@ def _select(
         try:
             if data is None:
                 raise ValueError("the change cannot be encoded as JSON")
-            picked.append((c.seq, data if flt.branch is None else _view_bytes(flt, c, data)))
+            picked.append((c.seq, _view_bytes(flt, c, data) if flt.rewrites else data))
         except Exception as exc:
             return _failure(flt, c, "encode_failed", "cannot encode", exc)
     if not picked:
@@ -263,6 +263,7 @@ def _failure(flt: StreamFilter, c: Change, code: str, what: str, exc: Exception)
 
 
 def _view_bytes(flt: StreamFilter, change: Change, data: bytes) -> bytes:
-    """A pinned subscriber's bytes: the shared encoding unless its view rewrites the change."""
+    """A pinned or column-filtered subscriber's bytes: the shared encoding unless its view
+    rewrites the change (a pin's INSERT/DELETE, an UPDATE that leaves the filters)."""
     seen = flt.view(change)
     return data if seen is change else encode_change(seen)

@@ -33,9 +33,12 @@ class Change:
     origin: str | None
     mutation_id: str | None
     db_role: str
+    # Set by a subscriber's view (cdc/filters.py), never read from the log: this UPDATE takes
+    # the row out of the subscriber's column filters (the event's `"left": true`).
+    left: bool = False
 
 
-_FIELDS = tuple(f.name for f in fields(Change))
+_FIELDS = tuple(f.name for f in fields(Change) if f.name != "left")
 
 
 def change_row(cursor: Any) -> RowMaker[Change]:

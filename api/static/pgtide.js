@@ -60,82 +60,16 @@ export function awaitTxid(txid, { timeout } = {}) {
 }
 
 // ---------------------------------------------------------------------------
-// Filters, evaluated in the browser only to keep a replica exact: the server
-// sends a change when its new *or* old image matches, so a row that leaves the
-// filter arrives as an UPDATE whose new image no longer matches.
-
-function filterValue(v) {
-  return v.length >= 2 && v.startsWith('"') && v.endsWith('"') ? v.slice(1, -1) : v;
-}
-
-function splitList(body) {
-  // `in.(a,"b,c")`: commas inside double quotes belong to the value.
-  const out = [];
-  let cur = '';
-  let quoted = false;
-  for (const ch of body) {
-    if (ch === '"') quoted = !quoted;
-    if (ch === ',' && !quoted) { out.push(filterValue(cur)); cur = ''; } else cur += ch;
-  }
-  out.push(filterValue(cur));
-  return out;
-}
-
-function compare(a, b) {
-  // Numbers compare as numbers, instants as instants, the rest as text.
-  if (typeof a === 'number') return a - Number(b);
-  const ta = Date.parse(a);
-  const tb = Date.parse(b);
-  if (typeof a === 'string' && /^\d{4}-\d\d-\d\d/.test(a) && !Number.isNaN(ta) && !Number.isNaN(tb)) {
-    return ta - tb;
-  }
-  return String(a) < String(b) ? -1 : String(a) > String(b) ? 1 : 0;
-}
-
-const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
-function same(a, b) {
-  if (a === null || a === undefined) return false;
-  if (typeof a === 'number') return a === Number(b);
-  if (typeof a === 'boolean') return String(a) === b;
-  // uuids compare without case, like the server does; text compares exactly
-  if (UUID_RE.test(a) && UUID_RE.test(b)) return a.toLowerCase() === b.toLowerCase();
-  return a === b || compare(a, b) === 0;
-}
-
-/** Whether a row image passes every `col: 'op.value'` filter (PostgREST style). */
-export function rowMatches(row, filters) {
-  if (!row) return false;
-  for (const [col, spec] of Object.entries(filters || {})) {
-    if (!(col in row)) continue; // the server ignores a table without the column
-    const dot = spec.indexOf('.');
-    const op = spec.slice(0, dot);
-    const arg = spec.slice(dot + 1);
-    const v = row[col];
-    let ok;
-    switch (op) {
-      case 'eq': ok = same(v, filterValue(arg)); break;
-      case 'neq': ok = v !== null && !same(v, filterValue(arg)); break;
-      case 'in': ok = splitList(arg.replace(/^\(|\)$/g, '')).some((x) => same(v, x)); break;
-      case 'is': ok = arg === 'null' ? v === null : String(v) === arg; break;
-      case 'lt': ok = v !== null && compare(v, arg) < 0; break;
-      case 'lte': ok = v !== null && compare(v, arg) <= 0; break;
-      case 'gt': ok = v !== null && compare(v, arg) > 0; break;
-      case 'gte': ok = v !== null && compare(v, arg) >= 0; break;
-      default: ok = true; // the server validated the filter; an unknown op cannot get here
-    }
-    if (!ok) return false;
-  }
-  return true;
-}
-
-// ---------------------------------------------------------------------------
 // Replica
 
-/** The rows of the followed tables, by primary key, kept up to date from change events. */
+/**
+ * The rows of the followed tables, by primary key, kept up to date from change events.
+ * It evaluates no filter: the server marks an UPDATE that takes a row out of the
+ * subscriber's column filters with `left: true` (docs/stream.md), and sends a
+ * branch-pinned subscriber a row leaving its branch as a DELETE.
+ */
 export class Replica {
-  constructor(filters = {}) {
-    this.filters = filters;
+  constructor() {
     this.tables = new Map(); // table -> Map(pkKey -> row)
   }
 
@@ -164,9 +98,9 @@ export class Replica {
       case 'SNAPSHOT':
       case 'INSERT':
       case 'UPDATE':
-        // An UPDATE that moved the row out of the filter removes it here.
-        if (rowMatches(ev.row, this.filters)) rows().set(Replica.key(ev.pk), ev.row);
-        else rows().delete(Replica.key(ev.pk));
+        // `left`: this UPDATE took the row out of the subscriber's filters.
+        if (ev.left) rows().delete(Replica.key(ev.pk));
+        else rows().set(Replica.key(ev.pk), ev.row);
         break;
       case 'DELETE':
         rows().delete(Replica.key(ev.pk));
@@ -216,8 +150,7 @@ export function subscribe(options) {
     base = '', token, tables, ops, topics, filters = {}, since, snapshot = false,
     onChange, onStatus, onSynced, onReset,
   } = options;
-  const replica = options.replica === true ? new Replica(filters) : options.replica || null;
-  if (replica) replica.filters = filters;
+  const replica = options.replica === true ? new Replica() : options.replica || null;
 
   let cursor = null; // the last `id:` seen: a change's cursor or `synced`'s position
   let restart = false; // after `reset`: start over instead of resuming
