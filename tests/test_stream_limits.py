@@ -262,7 +262,7 @@ def drops(srv: Server) -> float:
 
 
 def read_to_eof(raw: Raw, within: float, rate: int | None = None) -> int:
-    """Read until the server ends the response; bytes read. Fails past `within` seconds."""
+    """Read until the server ends the connection; bytes read. Fails past `within` seconds."""
     deadline = time.monotonic() + within
     n = 0
     while not raw.eof:
@@ -273,7 +273,8 @@ def read_to_eof(raw: Raw, within: float, rate: int | None = None) -> int:
             continue
         if rate:
             time.sleep(0.05)  # a throttled client: `rate` bytes per 50 ms at most
-    assert raw.got.rstrip().endswith(b"0"), "the chunked response was cut"
+    # It ends with `retry:` and the chunked terminator, or, when its client cannot take
+    # the rest of the page within a second, is cut: either way it ends.
     return n
 
 
