@@ -38,6 +38,7 @@ from cdc.errors import DatabaseUnavailable
 from cdc.hub import Hub
 from cdc.listener import Listener
 from cdc.settings import Settings
+from cdc.streams import Streams
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ class State(TypedDict):
     settings: Settings
     hub: Hub
     pool: AsyncConnectionPool[Any]
+    token_pool: AsyncConnectionPool[Any]
+    snapshot_pool: AsyncConnectionPool[Any]
+    streams: Streams
     listener: Listener
     catalog: Catalog
     metrics: Metrics
@@ -156,15 +160,27 @@ def create_app(
         hub = Hub(max_pending_bytes=settings.subscriber_max_bytes)
         # open(wait=False): the server starts even while the database is down;
         # /ready says 503 until it is back.
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            url, min_size=1, max_size=settings.pool_size, open=False,
-            kwargs={"autocommit": True}, name="pgtide", configure=db.configure_pooled,
-        )  # fmt: skip
-        await pool.open(wait=False)
+        # Three budgets: the shared pool (API, stream pages), token lookups and the
+        # watcher (answer whatever the streams do), snapshot transactions.
+        configure = db.pooled_with_timeout(settings.statement_timeout_ms)
+
+        def budget(name: str, size: int) -> AsyncConnectionPool[Any]:
+            return AsyncConnectionPool(
+                url, min_size=1, max_size=size, open=False, kwargs={"autocommit": True},
+                name=name, configure=configure,
+            )  # fmt: skip
+
+        pool = budget("pgtide", settings.pool_size)
+        token_pool = budget("pgtide-tokens", settings.token_pool_size)
+        snapshot_pool = budget("pgtide-snapshots", settings.snapshot_pool_size)
+        pools = (pool, token_pool, snapshot_pool)
+        for p in pools:
+            await p.open(wait=False)
+        streams = Streams()
         listener = Listener(url, hub, settings, sequence=run_sequencer)
         task = asyncio.create_task(_supervise(listener), name="pgtide-listener")
         watcher = asyncio.create_task(
-            TokenWatcher(hub, pool, token_cache).run(), name="pgtide-tokens"
+            TokenWatcher(streams, token_pool, token_cache).run(), name="pgtide-tokens"
         )
         side = [task, watcher]
         if settings.retention_keep is not None:
@@ -176,19 +192,24 @@ def create_app(
                 "settings": settings,
                 "hub": hub,
                 "pool": pool,
+                "token_pool": token_pool,
+                "snapshot_pool": snapshot_pool,
+                "streams": streams,
                 "listener": listener,
                 "catalog": Catalog(pool),
                 "metrics": Metrics(hub, listener),
                 "registry": Registry(served),
             }
         finally:
+            streams.stop_all()  # ends open streams, in every phase, so shutdown does not wait
             for sub in list(hub.subscribers):
-                hub.unsubscribe(sub)  # ends open streams so shutdown does not wait on them
+                hub.unsubscribe(sub)
             for t in side:
                 t.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
-            await pool.close()
+            for p in pools:
+                await p.close()
 
     handlers: dict[Any, Any] = {HTTPException: http_exception, Exception: unhandled}
     routes = [

@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.problems import problem
 from api.ratelimit import Buckets, client_address, retry_after
 from cdc import tokens
-from cdc.hub import Hub
+from cdc.streams import Streams
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,8 @@ class AuthMiddleware:
         wait = self.unknown.wait(address, now)
         if wait > 0:  # this address made up too many tokens lately: no lookup for it
             raise _TooManyUnknown(wait)
-        async with state["pool"].connection() as conn:
+        # Their own small pool: lookups answer whatever the streams and the API hold.
+        async with state["token_pool"].connection() as conn:
             rec = await tokens.lookup(conn, token, pepper)
         principal = (
             Principal(rec.id, rec.name, frozenset(rec.scopes), rec.branch_id) if rec else None
@@ -215,12 +216,16 @@ async def _deny(scope: Scope, receive: Receive, send: Send, status: int, detail:
 
 
 class TokenWatcher:
-    """Closes the open streams of tokens that have been revoked or have expired."""
+    """Ends the open streams of tokens that have been revoked or have expired.
+
+    It counts streams from admission (cdc/streams.py), so a snapshot or a catch-up
+    ends too, and reads tokens through the token pool, apart from the streams'.
+    """
 
     def __init__(
-        self, hub: Hub, pool: Any, cache: TokenCache, interval_s: float = CACHE_S
+        self, streams: Streams, pool: Any, cache: TokenCache, interval_s: float = CACHE_S
     ) -> None:
-        self.hub = hub
+        self.streams = streams
         self.pool = pool
         self.cache = cache
         self.interval_s = interval_s
@@ -229,7 +234,7 @@ class TokenWatcher:
         """Check every `interval_s` until cancelled; a database error only delays it."""
         while True:
             await asyncio.sleep(self.interval_s)
-            owners = {s.owner for s in list(self.hub.subscribers) if s.owner is not None}
+            owners = self.streams.owners()
             if not owners:
                 continue
             try:
@@ -239,7 +244,5 @@ class TokenWatcher:
                 log.warning("token watcher: %s", type(exc).__name__)
                 continue
             self.cache.evict(gone)
-            for sub in list(self.hub.subscribers):
-                if sub.owner in gone:
-                    self.hub.unsubscribe(sub)
-                    log.info("closed a stream of revoked or expired token id %s", sub.owner)
+            if self.streams.stop(gone):
+                log.info("closed the streams of revoked or expired token ids %s", sorted(gone))

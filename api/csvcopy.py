@@ -20,6 +20,7 @@ from psycopg import sql
 from api.csvcells import copy_text
 from api.csvimport import Prepared
 from api.errors import ApiError
+from api.queries import queries
 
 CHUNK = 256 * 1024  # bytes per write to the COPY stream
 
@@ -50,6 +51,9 @@ async def copy_in(
     """
     prepared.data.seek(0)
     sent = 0
+    # An import is one long statement by design (bounded by PGTIDE_IMPORT_MAX_BYTES, and
+    # validated before the connection was taken): the API's statement timeout is not for it.
+    await conn.execute(queries["no_statement_timeout"])
     async with conn.cursor() as cur, cur.copy(statement(res, prepared.columns)) as copy:
         while chunk := prepared.data.read(CHUNK):
             await copy.write(chunk)

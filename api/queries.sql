@@ -160,3 +160,8 @@ SELECT txid::text FROM pgtide.sync_log
  WHERE mutation_id = %(mutation_id)s AND actor IS NOT DISTINCT FROM %(actor)s
    AND origin IS NOT DISTINCT FROM %(origin)s
  ORDER BY id LIMIT 1;
+
+-- name: no_statement_timeout
+-- For the rest of this transaction only: a CSV import's COPY may take longer than the
+-- API's statement timeout.
+SET LOCAL statement_timeout = 0;

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from api.problems import problem
 from cdc.errors import CursorError, FilterError
 from cdc.filters import build_filter, parse_list
 from cdc.stream import events, prepare
+from cdc.streams import Streams, Ticket
 
 # Query parameters that are not column filters.
 RESERVED = frozenset({"tables", "ops", "topics", "since", "snapshot", "access_token"})
 HEARTBEAT_S = 15
+STOP_GRACE_S = 1.0  # how long a stopped stream may take to end before its response is cut
 
 
 def _flag(value: str | None, name: str) -> bool:
@@ -34,13 +38,27 @@ async def stream_events(request: Request) -> Response:
                        headers={"Retry-After": "1"})  # fmt: skip
     principal = state.principal
     settings = state.settings
-    if principal.token_id is not None:
-        open_streams = sum(1 for s in state.hub.subscribers if s.owner == principal.token_id)
-        if open_streams >= settings.max_streams_per_token:
-            return problem(
-                429, f"this token already holds {open_streams} open streams",
-                headers={"Retry-After": "5"},
-            )  # fmt: skip
+    # Counted from here until the response ends, whatever phase the stream is in:
+    # counting and registering are one step, so concurrent opens cannot all pass.
+    ticket = state.streams.admit(principal.token_id, settings.max_streams_per_token)
+    if ticket is None:
+        held = state.streams.count(principal.token_id)
+        return problem(429, f"this token already holds {held} open streams",
+                       headers={"Retry-After": "5"})  # fmt: skip
+    try:
+        response = await _open(request, ticket)
+    except BaseException:
+        state.streams.release(ticket)
+        raise
+    if not isinstance(response, _TicketedStream):
+        state.streams.release(ticket)
+    return response
+
+
+async def _open(request: Request, ticket: Ticket) -> Response:
+    state: Any = request.state
+    principal = state.principal
+    settings = state.settings
     params = request.query_params
     if any("\x00" in k or "\x00" in v for k, v in params.multi_items()):
         return problem(400, "query parameters must not contain NUL characters")
@@ -67,9 +85,48 @@ async def stream_events(request: Request) -> Response:
         )
     except (FilterError, CursorError) as exc:
         return problem(400, str(exc))
-    return EventSourceResponse(
-        events(state.hub, state.pool, plan, owner=principal.token_id),
+    body = events(
+        state.hub, state.pool, plan, ticket,
+        snapshots=state.snapshot_pool, snapshot_max_s=settings.snapshot_max_s,
+    )  # fmt: skip
+    return _TicketedStream(
+        state.streams,
+        ticket,
+        body,
         ping=HEARTBEAT_S,
         headers={"Cache-Control": "no-store"},
         send_timeout=30,
     )
+
+
+class _TicketedStream(EventSourceResponse):
+    """The event stream; its ticket is released when the response ends, however it ends.
+
+    A stopped ticket (its token revoked) ends the response even while a send is
+    blocked on a client that no longer reads.
+    """
+
+    def __init__(self, streams: Streams, ticket: Ticket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.streams = streams
+        self.ticket = ticket
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def respond() -> None:
+                    await EventSourceResponse.__call__(self, scope, receive, send)
+                    group.cancel_scope.cancel()
+
+                async def cut_when_stopped() -> None:
+                    # A stopped stream sends `retry:` and ends by itself; one whose
+                    # client does not read is cut after a grace.
+                    await self.ticket.stopped.wait()
+                    await anyio.sleep(STOP_GRACE_S)
+                    group.cancel_scope.cancel()
+
+                group.start_soon(respond)
+                group.start_soon(cut_when_stopped)
+        finally:
+            self.streams.release(self.ticket)

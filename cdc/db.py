@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -10,6 +11,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import set_json_loads
 
 from cdc.errors import DatabaseUnavailable
+from cdc.queries import queries
 from cdc.settings import Settings
 from cdc.values import exact_loads
 
@@ -44,6 +46,22 @@ def exact_json(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> 
 async def configure_pooled(conn: psycopg.AsyncConnection[Any]) -> None:
     """A pool's `configure`: its connections load row images as `register_types` does."""
     exact_json(conn)
+
+
+def pooled_with_timeout(
+    statement_timeout_ms: int,
+) -> Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]:
+    """A pool's `configure` that also bounds every statement of its sessions.
+
+    For the server's pools only: the listener, the sequencer and migrations open
+    their own connections and run without a statement timeout.
+    """
+
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        await configure_pooled(conn)
+        await conn.execute(queries["statement_timeout"], {"ms": str(statement_timeout_ms)})
+
+    return configure
 
 
 def connect(url: str, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:

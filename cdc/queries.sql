@@ -132,6 +132,20 @@ SELECT o.seq, l.id, l.txid::text AS txid, l.at, l.schema_name, l.table_name, l.o
  ORDER BY o.seq
  LIMIT %(limit)s;
 
+-- name: read_range
+-- The changes in (after, until], in seq order, for a server-side cursor that a stream's
+-- catch-up fetches a page at a time.
+SELECT o.seq, l.id, l.txid::text AS txid, l.at, l.schema_name, l.table_name, l.op, l.pk,
+       l.new_row, l.old_row, l.changed, l.actor, l.origin, l.mutation_id, l.db_role
+  FROM pgtide.sync_order o
+  JOIN pgtide.sync_log l ON l.id = o.log_id
+ WHERE o.seq > %(after)s::bigint AND o.seq <= %(until)s::bigint
+ ORDER BY o.seq;
+
+-- name: statement_timeout
+-- Bound every statement of a pooled session (milliseconds, 0: none).
+SELECT set_config('statement_timeout', %(ms)s, false);
+
 -- name: head
 -- The largest seq handed out so far (0 before the first).
 SELECT last_seq FROM pgtide.sync_sequencer;

@@ -48,6 +48,16 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     pool_size: int = Field(default=10, description="Database connections per server process.")
+    # Every statement on the server's pools (API, streams, tokens; not the listener,
+    # the sequencer or migrations) is cancelled after this many milliseconds (0: never).
+    statement_timeout_ms: int = Field(default=5000, ge=0)
+    # Connections for token lookups and the token watcher, apart from the shared pool.
+    token_pool_size: int = Field(default=2, ge=1)
+    # Connections for snapshot reads (REPEATABLE READ), apart from the shared pool.
+    snapshot_pool_size: int = Field(default=2, ge=1)
+    # Longest a snapshot's transaction may live; a snapshot not read by then ends the
+    # stream with an `error` event `snapshot_timeout` (docs/stream.md).
+    snapshot_max_s: float = Field(default=60.0, gt=0)
     # Sequencer tuning (cdc/sequencer.py): while commits come faster than
     # `poll_above_per_s`, a busy sequencer polls every `poll_min_ms`, doubling on empty
     # passes up to the mean gap between commits (at most `poll_max_ms`); slower than

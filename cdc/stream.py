@@ -25,16 +25,18 @@ streams and the hub are untouched (docs/stream.md, "The `error` event").
 from __future__ import annotations
 
 import logging
+import tempfile
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import psycopg
 from psycopg import sql
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from cdc import reader
-from cdc.cursor import Cursor, parse_cursor
+from cdc.cursor import parse_cursor
 from cdc.errors import CursorError, FilterError, StreamFailure
 from cdc.events import (
     encode_change,
@@ -46,11 +48,15 @@ from cdc.events import (
 from cdc.filters import StreamFilter, TableInfo, table_key
 from cdc.hub import Hub, Subscriber
 from cdc.queries import queries
+from cdc.streams import Ticket
 
 log = logging.getLogger(__name__)
 
-PAGE = 1000
-SNAPSHOT_FETCH = 1000
+PAGE = 1000  # rows a catch-up page reads at most
+PAGE_BYTES = 1024 * 1024  # event bytes after which a page stops (it ends on a whole event)
+FETCH_FIRST = 32  # rows of a stream's first FETCH; later ones adapt to the rows' sizes
+SNAPSHOT_FETCH = 100  # rows per FETCH of a snapshot
+SPOOL_MEMORY = 1024 * 1024  # snapshot bytes kept in memory before the spool goes to disk
 
 
 @dataclass(frozen=True)
@@ -122,13 +128,30 @@ async def prepare(
 
 
 async def events(
-    hub: Hub, pool: AsyncConnectionPool[Any], plan: Plan, owner: Any = None
+    hub: Hub,
+    pool: AsyncConnectionPool[Any],
+    plan: Plan,
+    ticket: Ticket | None = None,
+    *,
+    snapshots: AsyncConnectionPool[Any] | None = None,
+    snapshot_max_s: float = 60.0,
 ) -> AsyncIterator[bytes]:
-    """The stream's bytes: retry hint, then snapshot/catch-up, `synced`, then live events."""
-    sub = hub.subscribe(plan.filter, owner=owner)
+    """The stream's bytes: retry hint, then snapshot/catch-up, `synced`, then live events.
+
+    `ticket` (from `Streams.admit`) ends the stream in any phase when stopped.
+    Snapshots take their connection from `snapshots` (default: `pool`).
+    """
+    ticket = ticket if ticket is not None else Ticket(None)
+    sub = hub.subscribe(plan.filter, owner=ticket.owner)
+    ticket.sub = sub
+    if ticket.is_stopped:
+        sub.close()
+    budget = _Budget(pool, snapshots or pool, snapshot_max_s, ticket)
     try:
-        async for chunk in _stream(hub, pool, plan, sub):
+        async for chunk in _stream(hub, budget, plan, sub):
             yield chunk
+    except _Stopped:
+        yield encode_retry()  # revoked (or shutting down): the client learns it on reconnect
     except StreamFailure as exc:
         log.warning("stream: %s", exc, extra={"component": "stream", "state": exc.code})
         yield _error_event(exc)
@@ -139,6 +162,11 @@ async def events(
         )  # fmt: skip
         detail = "the stream lost its database connection; reconnect to resume"
         yield encode_error(503, "database_error", detail)
+    except PoolTimeout:
+        log.warning("stream: no database connection came free",
+                    extra={"component": "stream", "state": "database_error"})  # fmt: skip
+        detail = "no database connection came free for this stream; reconnect to resume"
+        yield encode_error(503, "database_error", detail)
     except Exception:
         # Whatever went wrong, this client learns why before the stream closes.
         log.exception("stream failed", extra={"component": "stream", "state": "stream_failed"})
@@ -148,14 +176,31 @@ async def events(
         hub.unsubscribe(sub)
 
 
+class _Stopped(Exception):
+    """The stream's ticket was stopped (its token revoked, or shutdown)."""
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """Where a stream gets its connections, how long a snapshot may take, and its ticket."""
+
+    pool: AsyncConnectionPool[Any]
+    snapshots: AsyncConnectionPool[Any]
+    snapshot_max_s: float
+    ticket: Ticket
+
+    def check(self) -> None:
+        """Raise _Stopped if the stream was told to end."""
+        if self.ticket.is_stopped:
+            raise _Stopped
+
+
 def _error_event(exc: StreamFailure) -> bytes:
     extra = {} if exc.seq is None else {"seq": exc.seq}
     return encode_error(exc.status, exc.code, str(exc), **extra)
 
 
-async def _stream(
-    hub: Hub, pool: AsyncConnectionPool[Any], plan: Plan, sub: Subscriber
-) -> AsyncIterator[bytes]:
+async def _stream(hub: Hub, budget: _Budget, plan: Plan, sub: Subscriber) -> AsyncIterator[bytes]:
     yield encode_retry()
     if plan.reset_earliest is not None:
         yield encode_control(
@@ -168,16 +213,21 @@ async def _stream(
     covered = 0
     if plan.snapshot:
         snap = SnapshotReader(plan)
-        async with pool.connection() as conn:
-            async for chunk in snap.rows(conn):
-                yield chunk
-            view, start = snap.view, snap.seq
-            covered = await _coverage(conn, hub, view)
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY) as spool:
+            # Read at the database's pace into the spool, then send at the client's:
+            # no connection waits on the client.
+            async with budget.snapshots.connection() as conn:
+                await snap.read(conn, spool, budget)
+            spool.seek(0)
+            while piece := spool.read(PAGE_BYTES):
+                budget.check()
+                yield piece
+        view, start = snap.view, snap.seq
+        covered = await _coverage(budget, hub, view)
     target = max(sub.joined_at, covered, start)
-    if target > start:
-        async with pool.connection() as conn:
-            async for chunk in _from_log(conn, plan.filter, start, target, view, covered):
-                yield chunk
+    async for chunk in _from_log(budget, plan.filter, start, target, view, covered):
+        yield chunk
+    budget.check()
     yield encode_control("synced", {"cursor": str(target)}, cursor=target)
     async for chunk in _live(sub, target):
         yield chunk
@@ -228,9 +278,16 @@ class SnapshotReader:
         self.view = SnapshotView(0, 0, frozenset(), "")
         self.seq = 0
 
-    async def rows(self, conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[bytes]:
-        """SNAPSHOT events for every matching current row of the plan's tables."""
-        flt = self.plan.filter
+    async def read(
+        self, conn: psycopg.AsyncConnection[Any], spool: IO[bytes], budget: _Budget
+    ) -> None:
+        """Write SNAPSHOT events for every matching current row of the plan's tables to `spool`.
+
+        The transaction lives at most `budget.snapshot_max_s` (checked after every
+        fetch, each bounded by the statement timeout); past it the stream fails
+        with `snapshot_timeout`.
+        """
+        deadline = time.monotonic() + budget.snapshot_max_s
         async with conn.transaction():
             await conn.execute(queries["repeatable_read"])
             row = await (await conn.execute(queries["snapshot_view"])).fetchone()
@@ -246,29 +303,39 @@ class SnapshotReader:
                 async with conn.cursor(name="pgtide_snapshot") as cur:
                     await cur.execute(query)
                     while batch := await cur.fetchmany(SNAPSHOT_FETCH):
-                        try:
-                            out = [
-                                encode_snapshot_row(
-                                    info.schema, info.name, {k: img.get(k) for k in info.pk}, img
-                                )
-                                for (img,) in batch
-                                if flt.matches_row(info.qualified, img)
-                            ]
-                        except Exception as exc:
+                        budget.check()
+                        if time.monotonic() > deadline:
                             raise StreamFailure(
-                                "filter_failed",
-                                f"this stream cannot apply its filters to a row of {info.name} "
-                                "in the snapshot; the server log has the details",
-                            ) from exc
-                        if out:
-                            yield b"".join(out)
+                                "snapshot_timeout",
+                                f"the snapshot took longer than {budget.snapshot_max_s:g} s "
+                                "to read; narrow its tables or filters, or follow changes "
+                                "without a snapshot",
+                                status=503,
+                            )
+                        spool.write(self._encode(info, batch))
+
+    def _encode(self, info: TableInfo, batch: list[Any]) -> bytes:
+        try:
+            return b"".join(
+                encode_snapshot_row(info.schema, info.name, {k: img.get(k) for k in info.pk}, img)
+                for (img,) in batch
+                if self.plan.filter.matches_row(info.qualified, img)
+            )
+        except Exception as exc:
+            raise StreamFailure(
+                "filter_failed",
+                f"this stream cannot apply its filters to a row of {info.name} "
+                "in the snapshot; the server log has the details",
+            ) from exc
 
 
-async def _coverage(conn: psycopg.AsyncConnection[Any], hub: Hub, view: SnapshotView) -> int:
+async def _coverage(budget: _Budget, hub: Hub, view: SnapshotView) -> int:
     """The sequencer's last seq once every transaction the snapshot shows is sequenced."""
     while True:
-        cur = await conn.execute(queries["snapshot_covered"], {"snapshot": view.text})
-        row = await cur.fetchone()
+        budget.check()
+        async with budget.pool.connection() as conn:
+            cur = await conn.execute(queries["snapshot_covered"], {"snapshot": view.text})
+            row = await cur.fetchone()
         assert row is not None
         if row[1]:
             return int(row[0])
@@ -276,29 +343,72 @@ async def _coverage(conn: psycopg.AsyncConnection[Any], hub: Hub, view: Snapshot
 
 
 async def _from_log(
-    conn: psycopg.AsyncConnection[Any],
+    budget: _Budget,
     flt: StreamFilter,
     start: int,
     target: int,
     view: SnapshotView | None,
     covered: int,
 ) -> AsyncIterator[bytes]:
-    """Matching changes in (start, target], read from the log a page at a time."""
+    """Matching changes in (start, target], a page at a time.
+
+    Each page takes a pooled connection, reads at most PAGE rows or about
+    PAGE_BYTES of events, and gives the connection back before its bytes are
+    sent: a slow client never holds a connection.
+    """
+    page = _Page(flt, view, covered)
     pos = start
     while pos < target:
-        batch = await reader.aread_after(conn, Cursor(pos), PAGE)
-        if not batch:
+        budget.check()
+        async with budget.pool.connection() as conn:
+            reached, data = await page.read(conn, pos, target)
+        if reached == pos:
             log.warning("stream: log ends at %d before %d (retention?)", pos, target)
             return
-        out = []
-        for c in batch:
-            if c.seq > target:
-                break
-            if view is not None and c.seq <= covered and view.shows(int(c.txid)):
-                continue  # already in the snapshot
-            data = _matching(flt, c, covered)
-            if data is not None:
-                out.append(data)
-        pos = min(batch[-1].seq, target)
-        if out:
-            yield b"".join(out)
+        pos = reached
+        if data:
+            yield data
+
+
+class _Page:
+    """Reads catch-up pages through a server-side cursor, sized to about PAGE_BYTES."""
+
+    def __init__(self, flt: StreamFilter, view: SnapshotView | None, covered: int) -> None:
+        self.flt = flt
+        self.view = view
+        self.covered = covered
+        self.fetch = FETCH_FIRST  # rows per FETCH, adapted to the bytes per row seen
+
+    async def read(
+        self, conn: psycopg.AsyncConnection[Any], pos: int, target: int
+    ) -> tuple[int, bytes]:
+        """(the seq reached, the page's bytes) for changes in (pos, target]."""
+        out: list[bytes] = []
+        size = rows = 0
+        reached = pos
+        async with (
+            conn.transaction(),
+            conn.cursor(name="pgtide_catchup", row_factory=reader.change_row) as cur,
+        ):
+            await cur.execute(queries["read_range"], {"after": pos, "until": target})
+            while rows < PAGE and size < PAGE_BYTES:
+                batch = await cur.fetchmany(min(self.fetch, PAGE - rows))
+                for c in batch:
+                    data = self._bytes(c)
+                    if data is not None:
+                        out.append(data)
+                        size += len(data)
+                    reached, rows = c.seq, rows + 1
+                    if size >= PAGE_BYTES:
+                        break
+                if len(batch) < self.fetch:
+                    break
+                self.fetch = min(PAGE, self.fetch * 2)
+        # The next page starts with as many rows as about fill one at this page's sizes.
+        self.fetch = max(1, min(PAGE, PAGE_BYTES * rows // max(size, 1), FETCH_FIRST * 8))
+        return reached, b"".join(out)
+
+    def _bytes(self, c: reader.Change) -> bytes | None:
+        if self.view is not None and c.seq <= self.covered and self.view.shows(int(c.txid)):
+            return None  # already in the snapshot
+        return _matching(self.flt, c, self.covered)
