@@ -80,3 +80,8 @@ class Settings(BaseSettings):
     retention_batch: int = Field(default=10_000, ge=1)
     # Browser origins allowed to call the API and read the stream (comma-separated).
     cors_origins: str = ""
+    # Scale-out through NATS JetStream (docs/scale-out.md): with a broker URL, `serve`
+    # is a gateway fed by the stream, and `pgtide relay` publishes the log to it.
+    broker_url: str | None = None
+    broker_stream: str = Field(default="PGTIDE", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    broker_max_age: Annotated[timedelta, BeforeValidator(_duration)] = timedelta(hours=1)
