@@ -35,8 +35,9 @@ from cdc import db, retention
 from cdc.catalog import Catalog
 from cdc.errors import DatabaseUnavailable
 from cdc.hub import Hub
-from cdc.listener import Listener
+from cdc.listener import Feed, Listener
 from cdc.settings import Settings
+from cdc.stream import CatchUpSource
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ class State(TypedDict):
     settings: Settings
     hub: Hub
     pool: AsyncConnectionPool[Any]
-    listener: Listener
+    listener: Feed  # a Listener, or a gateway's BrokerFeed (PGTIDE_BROKER_URL)
+    catchup: CatchUpSource | None  # a gateway replays recent catch-ups from its stream
     catalog: Catalog
     metrics: Metrics
     registry: Registry
@@ -74,7 +76,7 @@ async def ready(request: Request) -> Response:
     return JSONResponse({"status": "ready", "seq": state.hub.last_seq})
 
 
-async def _supervise(listener: Listener) -> None:
+async def _supervise(listener: Feed) -> None:
     """Run the listener for good; restart it if it ever fails.
 
     It reconnects on database errors by itself, so only a bug gets here; it is
@@ -108,6 +110,18 @@ def _cors(settings: Settings) -> list[Middleware]:
             max_age=600,
         )
     ]  # fmt: skip
+
+
+def _feed(
+    url: str, hub: Hub, pool: AsyncConnectionPool[Any], settings: Settings, sequence: bool
+) -> tuple[Feed, CatchUpSource | None]:
+    """A plain server's Listener, or with PGTIDE_BROKER_URL a gateway's feed (docs/scale-out.md)."""
+    if not settings.broker_url:
+        return Listener(url, hub, settings, sequence=sequence), None
+    from cdc.gateway import BrokerFeed, JetStreamCatchUp  # needs the `nats` extra
+
+    feed = BrokerFeed(settings, hub, pool)
+    return feed, JetStreamCatchUp(feed)
 
 
 def app_from_env() -> Starlette:
@@ -160,7 +174,7 @@ def create_app(
             kwargs={"autocommit": True}, name="pgtide", configure=db.configure_pooled,
         )  # fmt: skip
         await pool.open(wait=False)
-        listener = Listener(url, hub, settings, sequence=run_sequencer)
+        listener, catchup = _feed(url, hub, pool, settings, run_sequencer)
         task = asyncio.create_task(_supervise(listener), name="pgtide-listener")
         watcher = asyncio.create_task(
             TokenWatcher(hub, pool, token_cache).run(), name="pgtide-tokens"
@@ -176,6 +190,7 @@ def create_app(
                 "hub": hub,
                 "pool": pool,
                 "listener": listener,
+                "catchup": catchup,
                 "catalog": Catalog(pool),
                 "metrics": Metrics(hub, listener),
                 "registry": Registry(served),

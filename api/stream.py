@@ -64,6 +64,7 @@ async def stream_events(request: Request) -> Response:
             since=params.get("since"),
             last_event_id=request.headers.get("last-event-id"),
             snapshot=_flag(params.get("snapshot"), "snapshot"),
+            source=state.catchup,  # a gateway's stream, for recent cursors
         )
     except (FilterError, CursorError) as exc:
         return problem(400, str(exc))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -67,6 +67,18 @@ class SnapshotView:
         return txid < self.xmin or (txid < self.xmax and txid not in self.xip)
 
 
+class CatchUpSource(Protocol):
+    """Recent changes from elsewhere than the log: a gateway's stream (cdc/gateway.py)."""
+
+    async def holds(self, start: int) -> bool:
+        """Whether it can replay every change after `start` up to the hub's position."""
+
+    def catch_up(
+        self, pool: AsyncConnectionPool[Any], flt: StreamFilter, start: int, target: int
+    ) -> AsyncIterator[bytes]:
+        """The matching changes in (start, target], as `_from_log` would send them."""
+
+
 @dataclass
 class Plan:
     """A checked stream request."""
@@ -76,6 +88,7 @@ class Plan:
     snapshot: bool
     reset_earliest: int | None = None  # set when the start is older than the log retains
     tables: list[TableInfo] = field(default_factory=list)
+    source: CatchUpSource | None = None  # replays the catch-up instead of the log
 
 
 async def prepare(
@@ -86,10 +99,12 @@ async def prepare(
     since: str | None,
     last_event_id: str | None,
     snapshot: bool,
+    source: CatchUpSource | None = None,
 ) -> Plan:
     """Resolve where the stream starts; raise CursorError/FilterError for a bad request.
 
     `Last-Event-ID` (a reconnecting EventSource) wins over `since` and `snapshot`.
+    A start that `source` holds is checked and caught up there, not in the log.
     """
     start: int | None
     if last_event_id is not None and last_event_id.strip() != "":
@@ -108,7 +123,9 @@ async def prepare(
     if snapshot:
         names = sorted(flt.tables) if flt.tables is not None else sorted(catalog)
         plan.tables = [catalog[n] for n in names]
-    if start is not None:
+    if start is not None and not snapshot and source is not None and await source.holds(start):
+        plan.source = source
+    elif start is not None:
         async with pool.connection() as conn:
             head_row = await (await conn.execute(queries["head"])).fetchone()
             earliest_row = await (await conn.execute(queries["earliest"])).fetchone()
@@ -174,7 +191,10 @@ async def _stream(
             view, start = snap.view, snap.seq
             covered = await _coverage(conn, hub, view)
     target = max(sub.joined_at, covered, start)
-    if target > start:
+    if target > start and plan.source is not None:
+        async for chunk in plan.source.catch_up(pool, plan.filter, start, target):
+            yield chunk
+    elif target > start:
         async with pool.connection() as conn:
             async for chunk in _from_log(conn, plan.filter, start, target, view, covered):
                 yield chunk

@@ -93,10 +93,13 @@ def sequence_now(url: str) -> None:
 def sequenced(conn: psycopg.Connection[Any]) -> int:
     """Wait for the sequencer to catch up with every committed change; its head."""
     wait_for(
-        lambda: conn.execute(
-            "SELECT count(*) FROM pgtide.sync_log l WHERE NOT EXISTS "
-            "(SELECT 1 FROM pgtide.sync_order o WHERE o.log_id = l.id)"
-        ).fetchone() == (0,),
+        lambda: (
+            conn.execute(
+                "SELECT count(*) FROM pgtide.sync_log l WHERE NOT EXISTS "
+                "(SELECT 1 FROM pgtide.sync_order o WHERE o.log_id = l.id)"
+            ).fetchone()
+            == (0,)
+        ),
         "the sequencer",
     )
     return head(conn)
