@@ -196,7 +196,8 @@ def backlog_rate(ctx: Ctx, url: str, nats: Nats, relay: subprocess.Popen[bytes],
         step = 10_000
         for first in range(0, n, step):
             conn.execute(
-                "INSERT INTO b_so (v, note) SELECT g, 'backlog' FROM generate_series(%s::int, %s::int) g",
+                "INSERT INTO b_so (v, note) "
+                "SELECT g, 'backlog' FROM generate_series(%s::int, %s::int) g",
                 (first, min(n, first + step) - 1),
             )
     seq = spawn(url, nats, ctx.logdir, "sequencer")
