@@ -36,8 +36,9 @@ from cdc import db, retention
 from cdc.catalog import Catalog
 from cdc.errors import DatabaseUnavailable
 from cdc.hub import Hub
-from cdc.listener import Listener
+from cdc.listener import Feed, Listener
 from cdc.settings import Settings
+from cdc.stream import CatchUpSource
 from cdc.streams import Streams
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ class State(TypedDict):
     token_pool: AsyncConnectionPool[Any]
     snapshot_pool: AsyncConnectionPool[Any]
     streams: Streams
-    listener: Listener
+    listener: Feed  # a Listener, or a gateway's BrokerFeed (PGTIDE_BROKER_URL)
+    catchup: CatchUpSource | None  # a gateway replays recent catch-ups from its stream
     catalog: Catalog
     metrics: Metrics
     registry: Registry
@@ -79,7 +81,7 @@ async def ready(request: Request) -> Response:
     return JSONResponse({"status": "ready", "seq": state.hub.last_seq})
 
 
-async def _supervise(listener: Listener) -> None:
+async def _supervise(listener: Feed) -> None:
     """Run the listener for good; restart it if it ever fails.
 
     It reconnects on database errors by itself, so only a bug gets here; it is
@@ -113,6 +115,18 @@ def _cors(settings: Settings) -> list[Middleware]:
             max_age=600,
         )
     ]  # fmt: skip
+
+
+def _feed(
+    url: str, hub: Hub, pool: AsyncConnectionPool[Any], settings: Settings, sequence: bool
+) -> tuple[Feed, CatchUpSource | None]:
+    """A plain server's Listener, or with PGTIDE_BROKER_URL a gateway's feed (docs/scale-out.md)."""
+    if not settings.broker_url:
+        return Listener(url, hub, settings, sequence=sequence), None
+    from cdc.gateway import BrokerFeed, JetStreamCatchUp  # needs the `nats` extra
+
+    feed = BrokerFeed(settings, hub, pool)
+    return feed, JetStreamCatchUp(feed)
 
 
 def app_from_env() -> Starlette:
@@ -177,7 +191,7 @@ def create_app(
         for p in pools:
             await p.open(wait=False)
         streams = Streams()
-        listener = Listener(url, hub, settings, sequence=run_sequencer)
+        listener, catchup = _feed(url, hub, pool, settings, run_sequencer)
         task = asyncio.create_task(_supervise(listener), name="pgtide-listener")
         watcher = asyncio.create_task(
             TokenWatcher(streams, token_pool, token_cache).run(), name="pgtide-tokens"
@@ -196,6 +210,7 @@ def create_app(
                 "snapshot_pool": snapshot_pool,
                 "streams": streams,
                 "listener": listener,
+                "catchup": catchup,
                 "catalog": Catalog(pool),
                 "metrics": Metrics(hub, listener),
                 "registry": Registry(served),

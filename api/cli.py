@@ -347,6 +347,34 @@ def sequencer() -> None:
 
 
 @cli.command()
+def relay() -> None:
+    """Publish every sequenced change to the NATS JetStream stream, until Ctrl-C.
+
+    Needs PGTIDE_BROKER_URL. One relay publishes at a time (others stand by);
+    each also runs a sequencer (docs/scale-out.md).
+    """
+    from cdc.migrate import pending
+
+    settings = _settings()
+    if not settings.broker_url:
+        raise click.ClickException("pgtide relay needs PGTIDE_BROKER_URL (e.g. nats://host:4222)")
+    try:
+        from cdc.relay import Relay
+    except ImportError as exc:
+        raise click.ClickException(
+            f"pgtide relay needs the nats extra: pip install 'pgtide[nats]' ({exc})"
+        ) from exc
+    url = _database_url(settings)
+    todo = pending(url)
+    if todo:
+        raise click.ClickException(
+            f"the database has {len(todo)} pending migration(s): run `pgtide migrate` first"
+        )
+    _run_until_signal(Relay(url, settings).run())
+    err.print("relay stopped")
+
+
+@cli.command()
 @click.option("--tables", help="Comma-separated tracked tables [default: all].")
 @click.option("--ops", help="Comma-separated ops: insert, update, delete, truncate.")
 @click.option("--topics", help="Comma-separated topics of pgtide.publish messages.")

@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.logs import route_name
 from api.problems import problem
 from cdc.hub import LAG_BUCKETS, Hub
-from cdc.listener import Listener
+from cdc.listener import Feed
 from cdc.queries import queries
 
 DB_CACHE_S = 5.0  # how long the database figures of one scrape serve the next ones
@@ -41,7 +41,7 @@ DB_CACHE_S = 5.0  # how long the database figures of one scrape serve the next o
 class EngineCollector(Collector):
     """Reads the engine's counters when Prometheus scrapes."""
 
-    def __init__(self, hub: Hub, listener: Listener) -> None:
+    def __init__(self, hub: Hub, listener: Feed) -> None:
         self.hub = hub
         self.listener = listener
         self.db: dict[str, float] = {}  # filled by the /metrics handler before each scrape
@@ -116,7 +116,7 @@ def _db_metrics(db: dict[str, float]) -> dict[str, tuple[str, float]]:
 class Metrics:
     """A process's registry: the engine collector plus HTTP request metrics."""
 
-    def __init__(self, hub: Hub, listener: Listener) -> None:
+    def __init__(self, hub: Hub, listener: Feed) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.engine = EngineCollector(hub, listener)
         self.registry.register(self.engine)

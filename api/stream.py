@@ -82,6 +82,7 @@ async def _open(request: Request, ticket: Ticket) -> Response:
             since=params.get("since"),
             last_event_id=request.headers.get("last-event-id"),
             snapshot=_flag(params.get("snapshot"), "snapshot"),
+            source=state.catchup,  # a gateway's stream, for recent cursors
         )
     except (FilterError, CursorError) as exc:
         return problem(400, str(exc))

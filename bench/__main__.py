@@ -45,6 +45,7 @@ BENCHMARKS: list[tuple[str, str, bool]] = [
     ("idle", "bench.idle", False),
     ("api", "bench.api_writes", False),
     ("csvimport", "bench.csvimport", False),
+    ("scaleout", "bench.scaleout", False),
     ("sustained", "bench.sustained", True),
     ("seqstats", "bench.seqstats", True),
 ]

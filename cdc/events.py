@@ -61,10 +61,23 @@ def change_payload(c: Change) -> dict[str, Any]:
 
 
 def encode_change(c: Change, *, with_id: bool = True) -> bytes:
-    """`id: <seq>` and `data: <json>`, ending with a blank line."""
-    data = dumps(change_payload(c))
+    """`id: <seq>` and `data: <json>`, ending with a blank line.
+
+    A change received from the broker (cdc/broker.py) keeps the JSON it was
+    published as (`wire`), the bytes this function made for it in the relay:
+    it is framed as it is, never encoded again.
+    """
+    wire: bytes | None = getattr(c, "wire", None)
     head = f"id: {c.seq}\n" if with_id else ""
+    if wire is not None:
+        return b"".join((head.encode(), b"data: ", wire, b"\n\n"))
+    data = dumps(change_payload(c))
     return f"{head}data: {data}\n\n".encode()
+
+
+def encode_body(c: Change) -> bytes:
+    """The event's JSON alone: what the relay publishes, the `data:` of `encode_change`."""
+    return dumps(change_payload(c)).encode()
 
 
 def encode_snapshot_row(schema: str, table: str, pk: dict[str, Any], row: dict[str, Any]) -> bytes:

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
@@ -32,6 +32,20 @@ from cdc.settings import Settings
 log = logging.getLogger(__name__)
 
 READ_BATCH = 1000
+
+
+class Feed(Protocol):
+    """What keeps a process's hub fed: a Listener, or a gateway's BrokerFeed (cdc/gateway.py)."""
+
+    sequencer: Sequencer | None
+    reconnects: int
+
+    @property
+    def ready(self) -> bool:
+        """Connected and positioned: the hub can serve subscribers."""
+
+    async def run(self) -> None:
+        """Feed the hub until cancelled."""
 
 
 class Listener:

@@ -105,3 +105,8 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(default=200, ge=1)
     # With it set, GET /metrics needs `Authorization: Bearer <this value>` (docs/operations.md).
     metrics_token: str | None = None
+    # Scale-out through NATS JetStream (docs/scale-out.md): with a broker URL, `serve`
+    # is a gateway fed by the stream, and `pgtide relay` publishes the log to it.
+    broker_url: str | None = None
+    broker_stream: str = Field(default="PGTIDE", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    broker_max_age: Annotated[timedelta, BeforeValidator(_duration)] = timedelta(hours=1)

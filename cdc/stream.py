@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -73,6 +73,19 @@ class SnapshotView:
         return txid < self.xmin or (txid < self.xmax and txid not in self.xip)
 
 
+class CatchUpSource(Protocol):
+    """Recent changes from elsewhere than the log: a gateway's stream (cdc/gateway.py)."""
+
+    async def holds(self, start: int) -> bool:
+        """Whether it can replay every change after `start` up to the hub's position."""
+
+    def catch_up(
+        self, budget: _Budget, flt: StreamFilter, start: int, target: int
+    ) -> AsyncIterator[bytes]:
+        """The matching changes in (start, target], as `_from_log` would send them; the
+        stream's budget gives the connections for what must come from the log."""
+
+
 @dataclass
 class Plan:
     """A checked stream request."""
@@ -82,6 +95,7 @@ class Plan:
     snapshot: bool
     reset_earliest: int | None = None  # set when the start is older than the log retains
     tables: list[TableInfo] = field(default_factory=list)
+    source: CatchUpSource | None = None  # replays the catch-up instead of the log
 
 
 async def prepare(
@@ -92,10 +106,12 @@ async def prepare(
     since: str | None,
     last_event_id: str | None,
     snapshot: bool,
+    source: CatchUpSource | None = None,
 ) -> Plan:
     """Resolve where the stream starts; raise CursorError/FilterError for a bad request.
 
     `Last-Event-ID` (a reconnecting EventSource) wins over `since` and `snapshot`.
+    A start that `source` holds is checked and caught up there, not in the log.
     """
     start: int | None
     if last_event_id is not None and last_event_id.strip() != "":
@@ -114,7 +130,9 @@ async def prepare(
     if snapshot:
         names = sorted(flt.tables) if flt.tables is not None else sorted(catalog)
         plan.tables = [catalog[n] for n in names]
-    if start is not None:
+    if start is not None and not snapshot and source is not None and await source.holds(start):
+        plan.source = source
+    elif start is not None:
         async with pool.connection() as conn:
             head_row = await (await conn.execute(queries["head"])).fetchone()
             earliest_row = await (await conn.execute(queries["earliest"])).fetchone()
@@ -225,8 +243,12 @@ async def _stream(hub: Hub, budget: _Budget, plan: Plan, sub: Subscriber) -> Asy
         view, start = snap.view, snap.seq
         covered = await _coverage(budget, hub, view)
     target = max(sub.joined_at, covered, start)
-    async for chunk in _from_log(budget, plan.filter, start, target, view, covered):
-        yield chunk
+    if target > start and plan.source is not None:
+        async for chunk in plan.source.catch_up(budget, plan.filter, start, target):
+            yield chunk
+    else:
+        async for chunk in _from_log(budget, plan.filter, start, target, view, covered):
+            yield chunk
     budget.check()
     yield encode_control("synced", {"cursor": str(target)}, cursor=target)
     async for chunk in _live(sub, target):

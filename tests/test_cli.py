@@ -23,7 +23,9 @@ from psycopg import sql
 from tests.conftest import with_dbname
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ["migrate", "track", "untrack", "tables", "db-url", "db-stop", "serve", "sequencer"]
+COMMANDS = [
+    "migrate", "track", "untrack", "tables", "db-url", "db-stop", "serve", "sequencer", "relay",
+]
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/x"
 
 
