@@ -159,7 +159,11 @@ def _app_migrations(app: AppInstall) -> Any:
 
 def _ensure_schema(url: str) -> None:
     with db.connect(url) as conn:
-        if conn.execute(queries["engine_schema_exists"]).fetchone() is None:
+        if conn.execute(queries["engine_schema_exists"]).fetchone() is not None:
+            return
+        # IF NOT EXISTS is not safe against a concurrent `migrate`: serialise on our lock.
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                 sql.Identifier(ENGINE_SCHEMA)))  # fmt: skip
 
