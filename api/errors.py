@@ -25,7 +25,7 @@ from psycopg_pool import PoolTimeout
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from api.problems import ProblemResponse
+from api.problems import ProblemResponse, code_of
 from api.queries import queries
 from cdc.db import first_line
 from cdc.errors import FilterError
@@ -62,6 +62,7 @@ class ApiError(Exception):
             "title": HTTPStatus(self.status).phrase,
             "status": self.status,
             "detail": self.detail,
+            "code": code_of(self.status),
             **self.members,
         }
         return ProblemResponse(body, status_code=self.status, headers=self.headers)

@@ -134,9 +134,10 @@ def document(resources: tuple[Resource, ...]) -> dict[str, Any]:
     _, defs = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     schemas: dict[str, Any] = dict(defs.get("$defs", {}))
     schemas["Problem"] = {
-        "type": "object", "required": ["type", "title", "status", "detail"],
+        "type": "object", "required": ["type", "title", "status", "detail", "code"],
         "properties": {"type": {"type": "string"}, "title": {"type": "string"},
                        "status": {"type": "integer"}, "detail": {"type": "string"},
+                       "code": {"type": "string"},
                        "errors": {"type": "array", "items": {"type": "object"}},
                        "index": {"type": "integer"}, "current": {"type": "object"}},
     }  # fmt: skip

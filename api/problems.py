@@ -11,6 +11,20 @@ from starlette.responses import JSONResponse, Response
 
 PROBLEM_JSON = "application/problem+json"
 
+# A stable, machine-readable `code` in every problem body, by status unless the error
+# names a narrower one (the stream's `error` event: filter_failed, snapshot_timeout, ...).
+CODES: Mapping[int, str] = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 409: "conflict", 412: "precondition_failed",
+    413: "too_large", 415: "unsupported_media_type", 422: "invalid", 429: "rate_limited",
+    500: "internal", 503: "unavailable",
+}  # fmt: skip
+
+
+def code_of(status: int) -> str:
+    """The default `code` of a status."""
+    return CODES.get(status, HTTPStatus(status).phrase.lower().replace(" ", "_"))
+
 
 class ProblemResponse(JSONResponse):
     """An RFC 9457 problem document."""
@@ -27,6 +41,7 @@ def problem(
         "title": HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
+        "code": code_of(status),
     }
     return ProblemResponse(body, status_code=status, headers=headers)
 

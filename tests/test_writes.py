@@ -693,7 +693,7 @@ def test_a_branch_pinned_token_reads_and_writes_only_its_branch(
         (http.get("/api/branches", headers=pin), 403),
     ]  # fmt: skip
     assert [r.status_code for r, _ in refused] == [s for _, s in refused]
-    assert all(set(r.json()) == {"type", "title", "status", "detail"} for r, _ in refused)
+    assert all(set(r.json()) == {"type", "title", "status", "detail", "code"} for r, _ in refused)
     assert api.checksum() == before
 
     listed = http.get("/api/clients", params={"branch_id": f"in.({a},{b})"}, headers=pin)
