@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import os
 import random
@@ -34,10 +35,10 @@ import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
-from psycopg.rows import class_row
+from psycopg.rows import class_row, tuple_row
 
 from cdc import db
 from cdc.errors import PgtideError
@@ -123,6 +124,17 @@ class Backoff:
         """The next delay."""
         self._next = self.base if self._next == 0.0 else min(self._next * 2, self.cap)
         return self._next * random.uniform(0.9, 1.1)
+
+
+# sequence_batch returning only the seqs: for a sequencer whose batches nobody reads.
+_FULL_ROWS = "SELECT ins.seq, l.id, l.txid::text AS txid"
+
+
+@functools.cache
+def quiet_batch(full: LiteralString) -> LiteralString:
+    """`full` (sequence_batch) with its last SELECT returning the seqs alone."""
+    seqs_only: LiteralString = "SELECT ins.seq FROM ins CROSS JOIN woke ORDER BY ins.seq"
+    return full[: full.index(_FULL_ROWS)] + seqs_only
 
 
 # Called with each committed batch, in seq order: the leader's process feeds its hub from it.
@@ -337,9 +349,13 @@ class Sequencer:
             rows += n
         leftover = [int(t) for t in txids[chosen:]]
         open_xids = sorted(set(xip).union(leftover))
-        cur = conn.cursor(row_factory=class_row(Change))
+        # Without a callback nobody reads the batch: its rows need not cross the wire.
+        query = queries["sequence_batch"]
+        if self.on_batch is None:
+            query = quiet_batch(query)
+        cur = conn.cursor(row_factory=class_row(Change) if self.on_batch is not None else tuple_row)
         await cur.execute(
-            queries["sequence_batch"],
+            query,
             {
                 "last_seq": self.last_seq,
                 "txids": txids[:chosen],
@@ -350,7 +366,7 @@ class Sequencer:
         batch = await cur.fetchall()
         if not batch:
             raise LostLeadership()
-        self.last_seq = batch[-1].seq
+        self.last_seq = batch[-1][0] if isinstance(batch[-1], tuple) else batch[-1].seq
         self.next_xid, self.open_xids = xmax, open_xids
         self.stats.batches += 1
         self.stats.sequenced += rows

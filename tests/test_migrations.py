@@ -48,7 +48,8 @@ _FUNCTION = re.compile(r"CREATE OR REPLACE FUNCTION pgtide\.(\w+)\(.*?\$fn\$(.*?
 def file_functions() -> dict[str, str]:
     """Function name -> body, as written in schema/triggers.sql."""
     found = dict(_FUNCTION.findall(triggers_sql()))
-    assert {"capture_v1", "capture_truncate_v1", "publish", "append_only_v1"} <= found.keys()
+    expected = {"capture_v1", "capture_v2", "capture_truncate_v1", "publish", "append_only_v1"}
+    assert expected <= found.keys()
     return found
 
 
@@ -228,7 +229,7 @@ def test_a_changed_digest_reapplies_triggers_sql(db_url: str, conn: Conn) -> Non
 
 def test_reapplying_triggers_sql_repairs_a_broken_capture_function(db_url: str, conn: Conn) -> None:
     conn.execute(
-        "CREATE OR REPLACE FUNCTION pgtide.capture_v1() RETURNS trigger LANGUAGE plpgsql"
+        "CREATE OR REPLACE FUNCTION pgtide.capture_v2() RETURNS trigger LANGUAGE plpgsql"
         " AS $$ BEGIN RAISE EXCEPTION 'capture is broken'; END $$"
     )
     with pytest.raises(psycopg.errors.RaiseException, match="capture is broken"):
