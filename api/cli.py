@@ -477,7 +477,7 @@ def demo(host: str | None, port: int | None) -> None:
     out.print(f"  curl -N '{base}/events?tables=orders&access_token={reader}'", markup=False)
     out.print("Change one with plain SQL, in another terminal:", markup=False)
     out.print(
-        "  psql \"$(pgtide db-url)\" -c \"UPDATE orders SET status = 'paid' "
+        '  psql "$(pgtide db-url)" -c "UPDATE orders SET status = \'paid\' '
         "WHERE id = (SELECT id FROM orders WHERE status = 'new' LIMIT 1)\"",
         markup=False,
     )

@@ -301,9 +301,7 @@ async def _lww(conn: psycopg.AsyncConnection[Any], p: Planned) -> Result:
     current, last = None, None
     if p.id is not None:
         locked = await writes.lock(conn, p.res, p.id, p.pin)
-        cur = await conn.execute(
-            queries["lock_clock"], {"table": p.res.name, "id": str(p.id)}
-        )
+        cur = await conn.execute(queries["lock_clock"], {"table": p.res.name, "id": str(p.id)})
         clock = await cur.fetchone()
         if clock is not None and p.pin is not None and clock[2] != str(p.pin):
             clock = None  # another branch's clock (or one kept before clocks named a branch)

@@ -845,9 +845,7 @@ def test_txid_index_serves_a_range_from_a_bound_xid8(conn: Conn) -> None:
     # Compared as text, the index is useless (and the answer is wrong).
     text_plan = "\n".join(
         r[0]
-        for r in conn.execute(
-            "EXPLAIN SELECT * FROM pgtide.sync_log WHERE txid::text >= '20985'"
-        )
+        for r in conn.execute("EXPLAIN SELECT * FROM pgtide.sync_log WHERE txid::text >= '20985'")
     )
     assert "sync_log_txid_idx" not in text_plan
 

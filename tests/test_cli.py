@@ -24,7 +24,15 @@ from tests.conftest import with_dbname
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = [
-    "migrate", "track", "untrack", "tables", "db-url", "db-stop", "serve", "sequencer", "relay",
+    "migrate",
+    "track",
+    "untrack",
+    "tables",
+    "db-url",
+    "db-stop",
+    "serve",
+    "sequencer",
+    "relay",
 ]
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/x"
 
@@ -353,7 +361,7 @@ def test_every_setting_is_documented_in_the_one_settings_table() -> None:
     from cdc.settings import Settings
 
     text = (ROOT / "docs/operations.md").read_text(encoding="utf-8")
-    table = text[text.index("## Settings"):text.index("\n## ", text.index("## Settings") + 1)]
+    table = text[text.index("## Settings") : text.index("\n## ", text.index("## Settings") + 1)]
     for name in Settings.model_fields:
         variable = "DATABASE_URL" if name == "database_url" else f"PGTIDE_{name.upper()}"
         assert f"| `{variable}`" in table, f"docs/operations.md's table does not list {variable}"

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def dockerfile_command() -> list[str]:
-    found = re.search(r'^CMD \[(.*)\]$', (ROOT / "Dockerfile").read_text(), re.M)
+    found = re.search(r"^CMD \[(.*)\]$", (ROOT / "Dockerfile").read_text(), re.M)
     assert found, "the Dockerfile has no CMD"
     return [part.strip().strip('"') for part in found.group(1).split(",")]
 

@@ -151,7 +151,7 @@ def test_empty_cells_are_null(api: Api) -> None:
 
 def test_quoted_cells_keep_commas_quotes_and_newlines(api: Api) -> None:
     b = api.branch()["id"]
-    notes = ['a, b', 'say "hi"', "two\nlines", "crlf\r\ninside", "tab\tand \\ backslash"]
+    notes = ["a, b", 'say "hi"', "two\nlines", "crlf\r\ninside", "tab\tand \\ backslash"]
     cells = ['"' + n.replace('"', '""') + '"' for n in notes]
     text = "\ufeffbranch_id,full_name,notes\r\n" + "".join(
         f"{b},N{k},{cell}\r\n" for k, cell in enumerate(cells)
@@ -294,7 +294,8 @@ def test_a_slow_upload_holds_no_database_connection(api: Api, small: Server) -> 
     with socket.create_connection(("127.0.0.1", small.port), timeout=30) as upload:
         upload.sendall(
             f"POST /api/clients HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:half]
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:half]
         )
         time.sleep(1.0)  # the server has the headers and half the body, and waits for more
         in_transaction = api.scalar(

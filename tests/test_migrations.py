@@ -24,7 +24,8 @@ Conn = psycopg.Connection[Any]
 # Every migration file of the engine, in name order (yoyo's order here, as each depends on
 # an earlier one), then the shipped app's, under ids `<app>/<file>`.
 ENGINE_MIGRATIONS = sorted(
-    p.stem for p in (schema_dir() / "migrations").iterdir()
+    p.stem
+    for p in (schema_dir() / "migrations").iterdir()
     if p.suffix in (".sql", ".py") and not p.name.endswith(".rollback.sql")
 )
 ALL_MIGRATIONS = [*ENGINE_MIGRATIONS, "dynapharm/0001_domain"]

@@ -194,8 +194,9 @@ def test_the_readme_app_file_serves_an_existing_table(shop: str, tmp_path: Path)
                           headers={"If-Match": tag})  # fmt: skip
         assert done.status_code == 200, done.text
         assert done.headers["etag"] != tag and done.json()["data"]["delivered"] is True
-        again = http.patch(f"/api/shipments/{row['id']}", json={"weight_kg": 1},
-                           headers={"If-Match": tag})  # the old tag is stale now
+        again = http.patch(
+            f"/api/shipments/{row['id']}", json={"weight_kg": 1}, headers={"If-Match": tag}
+        )  # the old tag is stale now
         assert again.status_code == 412
         listed = http.get("/api/shipments?delivered=eq.true&order=reference")
         assert [r["reference"] for r in listed.json()["data"]] == ["S-9"]

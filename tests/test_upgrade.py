@@ -125,7 +125,8 @@ def build_legacy(url: str) -> dict[str, Any]:
 def tables_in(conn: psycopg.Connection[Any], schema: str) -> set[str]:
     rows = conn.execute(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'S')", (schema,)
+        " WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'S')",
+        (schema,),
     ).fetchall()
     return {r[0] for r in rows}
 
@@ -167,8 +168,9 @@ def test_a_database_of_the_previous_release_upgrades_in_place(legacy_url: str) -
             assert got == count, table
         rows = conn.execute("SELECT id, full_name, version FROM clients ORDER BY id").fetchall()
         assert rows == before["clients"]
-        assert conn.execute("SELECT last_seq FROM pgtide.sync_sequencer").fetchone() == (
-            before["last_seq"]
+        assert (
+            conn.execute("SELECT last_seq FROM pgtide.sync_sequencer").fetchone()
+            == (before["last_seq"])
         )
         assert conn.execute("SELECT name, ref FROM pgtide.sync_apps").fetchall() == [
             ("dynapharm", "dynapharm")

@@ -94,5 +94,3 @@ class StockRequest(WriteModel):
         "requested"
     )
     note: Text | None = None
-
-
