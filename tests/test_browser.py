@@ -2,16 +2,17 @@
 against a real `pgtide serve` with auth and a real PostgreSQL.
 
 Nothing waits on a clock: every step waits for a DOM state, a network event or a
-row in the database. Chromium missing or failing to start is a test failure that
-says so, never a skip. Screenshots go to `PGTIDE_SCREENSHOTS` (default: a
-`pgtide-shots` folder in the temporary directory); they are not committed.
+row in the database. Chromium missing is a loud skip on a developer's machine (so
+the README's `pytest -q` passes on a fresh one) and a failure where
+`PGTIDE_REQUIRE_BROWSER=1` (`.ci/run` sets it, after installing Chromium); Chromium
+failing to start is always a failure. Screenshots are taken only when
+`PGTIDE_SCREENSHOTS` names a folder; they are not committed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,7 +40,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SHOTS = Path(os.environ.get("PGTIDE_SCREENSHOTS") or Path(tempfile.gettempdir(), "pgtide-shots"))
+SHOTS = Path(os.environ["PGTIDE_SCREENSHOTS"]) if os.environ.get("PGTIDE_SCREENSHOTS") else None
 WAIT_MS = 10_000  # the longest any one step may take before the test fails
 
 
@@ -47,11 +48,13 @@ WAIT_MS = 10_000  # the longest any one step may take before the test fails
 def browser() -> Iterator[Browser]:
     """One Chromium for the module; each test opens its own contexts (separate storage)."""
     if not Path(CHROMIUM).exists():
-        pytest.fail(
-            f"Chromium is not installed at {CHROMIUM}: `apt-get install -y chromium` "
-            "(.ci/run does this), or point PGTIDE_CHROMIUM at a Chromium binary",
-            pytrace=False,
+        reason = (
+            f"BROWSER TESTS NOT RUN: Chromium is not installed at {CHROMIUM} "
+            "(`apt-get install -y chromium`, as .ci/run does, or PGTIDE_CHROMIUM=<binary>)"
         )
+        if os.environ.get("PGTIDE_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
     with sync_playwright() as p:
         try:
             b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
@@ -107,6 +110,8 @@ def open_page(
 
 
 def shot(page: Page, name: str) -> None:
+    if SHOTS is None:
+        return  # nothing left behind unless asked for
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / name), full_page=True)
 
