@@ -3,7 +3,9 @@ a template database migrated once per session, and a fresh clone per test."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import uuid
 import warnings
@@ -44,7 +46,11 @@ def server_url() -> Iterator[str]:
         return
     data_dir = Path(tempfile.mkdtemp(prefix="pgtide-test-"))
     _embedded_pgdata.append(data_dir / "pg")
-    yield embedded.start(data_dir, "postgres", cleanup="delete")
+    try:
+        yield embedded.start(data_dir, "postgres", cleanup="delete")
+    finally:
+        # The wheel deletes the cluster at exit; the folder around it goes now (or then).
+        atexit.register(shutil.rmtree, data_dir, ignore_errors=True)
 
 
 _embedded_pgdata: list[Path] = []  # the embedded server's data directory, once started

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,7 +63,8 @@ def admin_token(url: str, name: str) -> str:
 @pytest.fixture
 def logged(db_url: str) -> Iterator[LoggedServer]:
     admin_token(db_url, "bootstrap")
-    path = Path(tempfile.mkdtemp(prefix="pgtide-log-")) / "stderr"
+    folder = Path(tempfile.mkdtemp(prefix="pgtide-log-"))
+    path = folder / "stderr"
     # DEBUG: the most the server ever says, every library included.
     srv = LoggedServer(
         db_url,
@@ -73,6 +75,7 @@ def logged(db_url: str) -> Iterator[LoggedServer]:
     srv.start()
     yield srv
     srv.stop()
+    shutil.rmtree(folder, ignore_errors=True)  # nothing left in /tmp
 
 
 def test_json_lines_one_per_request_no_tokens_no_row_data(
