@@ -61,14 +61,23 @@ def _tenants(request: Request) -> dict[str, str]:
 
 
 def _tags(header: str | None) -> list[str] | None:
-    """The ETags an If-Match accepts, unquoted (None: any). Weak tags match nothing."""
+    """The ETags an If-Match accepts, unquoted (None: any). Weak tags match nothing.
+
+    An entity-tag is quoted (RFC 9110): `If-Match: 3` is refused with a 400 that says
+    so, rather than matching nothing and answering 412 for a version that is right.
+    """
     if header is None or header.strip() == "*":
         return None
     out = []
     for item in header.split(","):
         tag = item.strip()
+        if tag.startswith("W/"):
+            continue  # a weak tag never matches strongly
         inner = tag[1:-1]
-        if len(tag) >= 2 and tag[0] == tag[-1] == '"' and '"' not in inner and inner.isascii():
+        if len(tag) < 2 or tag[0] != '"' or tag[-1] != '"' or '"' in inner:
+            raise ApiError(400, f'ETags are quoted: send If-Match: "{tag.strip(chr(34))}", '
+                                f"not {tag}")  # fmt: skip
+        if inner.isascii():
             out.append(inner)
     return out
 
