@@ -134,3 +134,22 @@ def conn(db_url: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to the test's database."""
     with db.connect(db_url) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def live(server_url: str, template_db: str) -> Iterator[tuple[Any, str]]:
+    """A `pgtide serve` (auth off) on a fresh clone, shared by a module's tests; its URL."""
+    from tests.writing import module_server  # it imports this module
+
+    with module_server(server_url, template_db) as pair:
+        yield pair
+
+
+@pytest.fixture
+def api(live: tuple[Any, str]) -> Iterator[Any]:
+    """An HTTP client on the module's server, with a SQL connection to check its work."""
+    from tests.writing import Api
+
+    client = Api(*live)
+    yield client
+    client.close()

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,20 +24,7 @@ from pgtide_client import (
 )
 from tests.live import Server
 from tests.proxy import Proxy
-from tests.writing import Api, module_server
-
-
-@pytest.fixture(scope="module")
-def live(server_url: str, template_db: str) -> Iterator[tuple[Server, str]]:
-    with module_server(server_url, template_db) as pair:
-        yield pair
-
-
-@pytest.fixture
-def api(live: tuple[Server, str]) -> Iterator[Api]:
-    client = Api(*live)
-    yield client
-    client.close()
+from tests.writing import Api
 
 
 def test_writes_come_back_on_the_stream_and_a_row_leaving_the_filter_leaves_the_replica(

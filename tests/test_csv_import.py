@@ -15,25 +15,12 @@ import pytest
 from cdc import db, tokens
 from tests.live import Server, problem_of
 from tests.test_cli import assert_one_line_error, pgtide
-from tests.writing import Api, module_server, new_id
+from tests.writing import Api, new_id
 
 # The log table, named once: the engine's tables may move to their own schema.
 LOG = "pgtide.sync_log"
 CSV = {"Content-Type": "text/csv"}
 SMALL_LIMIT = 4096
-
-
-@pytest.fixture(scope="module")
-def live(server_url: str, template_db: str) -> Iterator[tuple[Server, str]]:
-    with module_server(server_url, template_db) as pair:
-        yield pair
-
-
-@pytest.fixture
-def api(live: tuple[Server, str]) -> Iterator[Api]:
-    client = Api(*live)
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")

@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.live import Server, problem_of
-from tests.writing import Api, module_server, new_id
-
-
-@pytest.fixture(scope="module")
-def live(server_url: str, template_db: str) -> Iterator[tuple[Server, str]]:
-    with module_server(server_url, template_db) as pair:
-        yield pair
-
-
-@pytest.fixture
-def api(live: tuple[Server, str]) -> Iterator[Api]:
-    client = Api(*live)
-    yield client
-    client.close()
+from tests.writing import Api, new_id
 
 
 def push(api: Api, mutations: list[Any], policy: str = "version", **extra: Any) -> list[Any]:

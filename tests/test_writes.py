@@ -12,25 +12,12 @@ import pytest
 
 from cdc import db, tokens
 from tests.live import Server, Stream, problem_of
-from tests.writing import Api, module_server, new_id
+from tests.writing import Api, new_id
 
 RESOURCES = [
     "branches", "clients", "appointments", "products", "orders", "distributors", "stock_requests",
 ]  # fmt: skip
 WHO = {"X-Pgtide-Actor": "alice", "X-Pgtide-Origin": "branch-app-7"}
-
-
-@pytest.fixture(scope="module")
-def live(server_url: str, template_db: str) -> Iterator[tuple[Server, str]]:
-    with module_server(server_url, template_db) as pair:
-        yield pair
-
-
-@pytest.fixture
-def api(live: tuple[Server, str]) -> Iterator[Api]:
-    client = Api(*live)
-    yield client
-    client.close()
 
 
 Bodies = tuple[dict[str, Any], dict[str, Any], dict[str, Any]]  # create, patch, put
