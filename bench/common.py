@@ -108,13 +108,14 @@ class Target:
         whole log on every pass (docs/benchmarks.md, "The sequencer on a new
         database"); the benchmarks measure the steady state.
         """
+        from api.apps import load_app
         from cdc.migrate import migrate
 
         name = f"pgtide_bench_tpl_{os.getpid()}"
         self._drop(name)
         self._create(name)
         url = with_dbname(self.admin_url, name)
-        migrate(url)
+        migrate(url, [load_app("dynapharm").install()])  # the demo tables too
         warm_log(url)
         self.template = name
 
@@ -246,8 +247,10 @@ class Server:
             **os.environ,
             "DATABASE_URL": url,
             "PGTIDE_LOG_LEVEL": "WARNING",
-            # The benchmarks measure the engine, not token checks: no auth, no stream cap.
+            # The benchmarks measure the engine, not token checks: no auth, no stream cap,
+            # and no per-client request rate (every load generator shares one address).
             "PGTIDE_INSECURE_NO_AUTH": "true",
+            "PGTIDE_RATE_LIMIT_PER_S": "0",
             **(env or {}),
         }
         self.cmd = list(cmd) if cmd else [

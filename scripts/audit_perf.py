@@ -31,6 +31,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from api.apps import load_app
 from cdc import audit, seal
 from cdc.audit import LogQuery, list_changes
 from cdc.migrate import migrate, schema_dir
@@ -393,7 +394,7 @@ def main() -> None:
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             if not exists:
-                migrate(url)
+                migrate(url, [load_app("dynapharm").install()])  # the demo tables too
                 timed(f"generate {args.rows:,} changes", lambda: generate(conn, args.rows))
             sizes(conn)
             if "queries" not in skip:

@@ -25,6 +25,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from api.apps import load_app
 from cdc import db
 from cdc.migrate import migrate
 from cdc.queries import queries
@@ -65,7 +66,7 @@ def main() -> None:
         admin.execute(drop)
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        migrate(url)
+        migrate(url, [load_app("dynapharm").install()])  # the demo tables too
         with db.connect(url) as conn:
             conn.execute(
                 b"CREATE TABLE t (id int PRIMARY KEY, v text, n int, note text);"

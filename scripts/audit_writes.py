@@ -32,6 +32,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from api.apps import load_app
 from cdc.migrate import migrate
 
 AUDIT_INDEXES = {
@@ -160,7 +161,7 @@ def main() -> None:
         admin.execute(drop)
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        migrate(url)
+        migrate(url, [load_app("dynapharm").install()])  # the demo tables too
         with psycopg.connect(url, autocommit=True) as conn:
             for table in ("items", "plain"):
                 conn.execute(TABLE.replace("{table}", table).encode())

@@ -57,6 +57,7 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from api.apps import load_app  # noqa: E402
 from cdc import embedded  # noqa: E402
 from cdc.migrate import migrate  # noqa: E402
 
@@ -393,7 +394,7 @@ def main() -> None:
     params["dbname"] = name
     url = psycopg.conninfo.make_conninfo("", **params)
     try:
-        migrate(url)
+        migrate(url, [load_app("dynapharm").install()])  # the demo tables too
         with psycopg.connect(url, autocommit=True) as c:
             c.execute(SETUP.encode())
         code = asyncio.run(soak(args, url))
