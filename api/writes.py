@@ -11,6 +11,7 @@ branches do not exist (404), whatever the request names.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,11 @@ class Stored:
         return f'"{self.tag}"'
 
 
+def id_of(res: Resource) -> int:
+    """A resource's identity for the statement cache (resources live as long as the app)."""
+    return id(res)
+
+
 def _pin(res: Resource, branch: Any) -> sql.Composable:
     if branch is None:
         return sql.SQL("")
@@ -72,8 +78,23 @@ def _format(name: str, res: Resource, branch: Any, **parts: sql.Composable) -> s
     )  # fmt: skip
 
 
+# Statements composed once per resource and shape, kept as the bytes psycopg sends:
+# composing them per request cost about 5 % of a server's CPU (docs/benchmarks.md).
+_COMPOSED: dict[tuple[Any, ...], bytes] = {}
+_COMPOSED_MAX = 4096  # shapes (resource x statement x columns); beyond, not cached
+
+
+def _statement(key: tuple[Any, ...], build: Callable[[], sql.Composed]) -> bytes:
+    found = _COMPOSED.get(key)
+    if found is None:
+        found = build().as_bytes(None)
+        if len(_COMPOSED) < _COMPOSED_MAX:
+            _COMPOSED[key] = found
+    return found
+
+
 async def _one(
-    conn: psycopg.AsyncConnection[Any], query: sql.Composed, params: dict[str, Any]
+    conn: psycopg.AsyncConnection[Any], query: bytes | sql.Composed, params: dict[str, Any]
 ) -> Stored | None:
     cur = await conn.execute(query, params)
     row = await cur.fetchone()
@@ -84,7 +105,9 @@ async def fetch(
     conn: psycopg.AsyncConnection[Any], res: Resource, id: Any, branch: Any
 ) -> Stored | None:
     """The row `id` of `res` with its ETag, or None."""
-    return await _one(conn, _format("select_row", res, branch), {"id": id, "branch": branch})
+    query = _statement((id_of(res), "select_row", branch is not None),
+                       lambda: _format("select_row", res, branch))  # fmt: skip
+    return await _one(conn, query, {"id": id, "branch": branch})
 
 
 def _written(res: Resource) -> sql.Composable:
@@ -98,7 +121,8 @@ async def lock(
     conn: psycopg.AsyncConnection[Any], res: Resource, id: Any, branch: Any
 ) -> tuple[Stored, Any] | None:
     """The row locked until the transaction ends, with when it was last written."""
-    query = _format("lock_row", res, branch, written=_written(res))
+    query = _statement((id_of(res), "lock_row", branch is not None),
+                       lambda: _format("lock_row", res, branch, written=_written(res)))  # fmt: skip
     params = {"id": id, "branch": branch, "table_name": res.table_name,
               "schema_name": res.schema_name, "key_name": res.key}  # fmt: skip
     cur = await conn.execute(query, params)
@@ -106,7 +130,11 @@ async def lock(
     return None if row is None else (Stored(dict(row[0]), row[1]), row[2])
 
 
-def _insert(res: Resource, columns: tuple[str, ...]) -> sql.Composed:
+def _insert(res: Resource, columns: tuple[str, ...]) -> bytes:
+    return _statement((id_of(res), "insert_row", columns), lambda: _compose_insert(res, columns))
+
+
+def _compose_insert(res: Resource, columns: tuple[str, ...]) -> sql.Composed:
     if not columns:  # every column takes its default
         template = queries["insert_row"].replace("({columns}) VALUES ({values})", "DEFAULT VALUES")
         return sql.SQL(template).format(table=res.identifier, etag=res.etag_sql())
@@ -142,7 +170,7 @@ async def insert_many(
     not tell which statement failed, so after a refusal the rows are inserted
     again one by one to find it; only refused requests pay for that.
     """
-    by_columns: dict[tuple[str, ...], sql.Composed] = {}
+    by_columns: dict[tuple[str, ...], bytes] = {}
     try:
         async with conn.transaction():  # a savepoint, so the replay below can run
             async with conn.pipeline():
@@ -193,7 +221,9 @@ async def update(
                  for c in res.writable if c not in values]  # fmt: skip
     if not sets:  # an empty PATCH: lock and check the row, change nothing
         sets = [sql.SQL("{} = t.{}").format(sql.Identifier(res.key), sql.Identifier(res.key))]
-    query = _format("update_row", res, branch, assignments=sql.SQL(", ").join(sets))
+    shape = (id_of(res), "update_row", branch is not None, tuple(values), replace)
+    query = _statement(shape, lambda: _format("update_row", res, branch,
+                                              assignments=sql.SQL(", ").join(sets)))  # fmt: skip
     params = {f"c_{c}": v for c, v in values.items()}
     return await _one(conn, query, {**params, "id": id, "tags": tags, "branch": branch})
 
@@ -207,7 +237,9 @@ async def delete(
 ) -> Stored | None:
     """Delete row `id` if its ETag is in `tags` (None: any); the deleted row."""
     params = {"id": id, "tags": tags, "branch": branch}
-    return await _one(conn, _format("delete_row", res, branch), params)
+    query = _statement((id_of(res), "delete_row", branch is not None),
+                       lambda: _format("delete_row", res, branch))  # fmt: skip
+    return await _one(conn, query, params)
 
 
 async def refusal(

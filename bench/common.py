@@ -218,6 +218,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants, from /proc/<pid>/task/*/children."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue  # it ended meanwhile
+    return out
+
+
 def rss_mib(pid: int) -> float:
     """Resident set size of a process in MiB, from /proc/<pid>/status."""
     with open(f"/proc/{pid}/status") as f:
@@ -237,6 +251,7 @@ class Server:
         name: str,
         env: dict[str, str] | None = None,
         cmd: Sequence[str] | None = None,
+        workers: int = 1,
     ) -> None:
         self.url = url
         self.port = free_port()
@@ -255,7 +270,7 @@ class Server:
         }
         self.cmd = list(cmd) if cmd else [
             sys.executable, "-m", "api.cli", "serve", "--no-migrate",
-            "--host", self.host, "--port", str(self.port),
+            "--host", self.host, "--port", str(self.port), "--workers", str(workers),
         ]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -307,7 +322,8 @@ class Server:
         return rss_mib(self.pid)
 
     def cpu_s(self) -> float:
-        return cpu_seconds(self.pid)
+        """CPU seconds of the server's processes (its workers too, with --workers)."""
+        return sum(cpu_seconds(pid) for pid in process_tree(self.pid))
 
     def stop(self) -> None:
         if self.profiler is not None:

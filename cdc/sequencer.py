@@ -38,12 +38,12 @@ from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
 import psycopg
-from psycopg.rows import class_row, tuple_row
+from psycopg.rows import tuple_row
 
 from cdc import db
 from cdc.errors import PgtideError
 from cdc.queries import queries
-from cdc.reader import Change
+from cdc.reader import Change, change_row
 from cdc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -353,7 +353,7 @@ class Sequencer:
         query = queries["sequence_batch"]
         if self.on_batch is None:
             query = quiet_batch(query)
-        cur = conn.cursor(row_factory=class_row(Change) if self.on_batch is not None else tuple_row)
+        cur = conn.cursor(row_factory=change_row if self.on_batch is not None else tuple_row)
         await cur.execute(
             query,
             {
