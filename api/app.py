@@ -101,7 +101,7 @@ async def _supervise(listener: Feed) -> None:
 
 def _cors(settings: Settings) -> list[Middleware]:
     """CORS for the origins in PGTIDE_CORS_ORIGINS (none by default, as docs/design.md says)."""
-    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    origins = list(settings.cors_origins)
     if not origins:
         return []
     return [

@@ -8,6 +8,8 @@ models' strict JSON mode: `"5"` is not an integer, `true` not a number.
 from __future__ import annotations
 
 import functools
+import json
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -56,12 +58,27 @@ def _malformed(exc: ValidationError) -> ApiError | None:
     return None
 
 
-def parse(model: type[M], raw: bytes) -> M:
-    """One object of `model`: 400 if the JSON is malformed, 422 naming each bad field."""
+def parse(model: type[M], raw: bytes, defaults: Mapping[str, Any] | None = None) -> M:
+    """One object of `model`: 400 if the JSON is malformed, 422 naming each bad field.
+
+    `defaults` fill fields the object leaves out (a pinned token's tenant), as if sent.
+    """
+    if defaults:
+        raw = _with_defaults(raw, defaults)
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
         raise _malformed(exc) or unprocessable(invalid(exc)) from None
+
+
+def _with_defaults(raw: bytes, defaults: Mapping[str, Any]) -> bytes:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return raw  # malformed: the validation below says so
+    if not isinstance(data, dict) or all(k in data for k in defaults):
+        return raw
+    return json.dumps({**{k: v for k, v in defaults.items()}, **data}).encode()
 
 
 @functools.cache

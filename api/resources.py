@@ -60,6 +60,13 @@ def _tenants(request: Request) -> dict[str, str]:
     return tenants
 
 
+def _pinned_tenant(res: Resource, pin: Any) -> dict[str, Any] | None:
+    """A pinned token's tenant, for a body that leaves the tenant column out."""
+    if pin is None or res.tenant is None:
+        return None
+    return {res.tenant: pin if isinstance(pin, int) else str(pin)}
+
+
 def _tags(header: str | None) -> list[str] | None:
     """The ETags an If-Match accepts, unquoted (None: any). Weak tags match nothing.
 
@@ -190,7 +197,7 @@ async def create(request: Request, res: Resource) -> Response:
             return _reply(201, rows, txid)
 
         return await _write(request, create_many, body=raw)
-    one = res.columns_of(parse(res.create, raw))
+    one = res.columns_of(parse(res.create, raw, _pinned_tenant(res, pin)))
     confine(res, one, pin)
 
     async def create_one(conn: psycopg.AsyncConnection[Any], txid: str) -> Reply:
@@ -206,7 +213,7 @@ async def _update(request: Request, res: Resource, *, replace: bool) -> Response
     id = _id(request, res)
     pin = branch_pin(request, res, writing=True)
     raw = await read_body(request)
-    body = parse(res.create if replace else res.patch, raw)
+    body = parse(res.create if replace else res.patch, raw, _pinned_tenant(res, pin))
     values = res.columns_of(body)
     confine(res, values, pin)
     if values.pop(res.key, None) not in (None, id):

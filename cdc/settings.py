@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     retention_interval_s: float = 3600.0
     retention_batch: int = Field(default=10_000, ge=1)
     # Browser origins allowed to call the API and read the stream (comma-separated).
-    cors_origins: str = ""
+    cors_origins: Names = ()
     # Pushed mutation ids are forgotten after this (30d, 12h, ...); a resend after that is
     # still recognised in the log while the log keeps the change (docs/writes.md).
     mutation_ttl: Annotated[timedelta, BeforeValidator(_duration)] = timedelta(days=30)

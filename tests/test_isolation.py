@@ -151,3 +151,16 @@ def test_a_pinned_stream_gets_truncates_only_of_tables_it_may_read(w: World) -> 
     finally:
         s.close()
     assert got == [("branch_notes", "TRUNCATE"), ("clients", "INSERT")]
+
+
+def test_a_pinned_create_without_the_tenant_column_takes_the_tokens_branch(w: World) -> None:
+    a = w.branch["A"]
+    with _client(w, "A") as c:
+        made = c.post("/api/clients", json={"full_name": "No branch given"})
+        assert made.status_code == 201, made.text
+        assert made.json()["data"]["branch_id"] == a
+        # Named, it must still be the token's own; PUT fills it the same way.
+        other = c.post("/api/clients", json={"full_name": "X", "branch_id": w.branch["B"]})
+        assert other.status_code == 403
+        put = c.put(f"/api/clients/{made.json()['data']['id']}", json={"full_name": "Renamed"})
+        assert put.status_code == 200 and put.json()["data"]["branch_id"] == a
