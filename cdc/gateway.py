@@ -36,6 +36,7 @@ from nats.js import api as js_api
 from psycopg_pool import AsyncConnectionPool
 
 from cdc import reader
+from cdc.backoff import Backoff
 from cdc.broker import (
     MSG_ID,
     BrokerChange,
@@ -52,7 +53,7 @@ from cdc.cursor import Cursor
 from cdc.errors import PgtideError
 from cdc.filters import StreamFilter
 from cdc.hub import Hub
-from cdc.sequencer import Backoff, Sequencer
+from cdc.sequencer import Sequencer
 from cdc.settings import Settings
 from cdc.stream import _Budget, _from_log, _matching
 from cdc.subjects import all_subjects

@@ -21,12 +21,13 @@ from typing import Any, Protocol
 import psycopg
 
 from cdc import db, reader
+from cdc.backoff import Backoff
 from cdc.cursor import Cursor
 from cdc.errors import PgtideError
 from cdc.hub import Hub
 from cdc.queries import queries
 from cdc.reader import Change
-from cdc.sequencer import SEQUENCED_CHANNEL, Backoff, Sequencer
+from cdc.sequencer import SEQUENCED_CHANNEL, Sequencer
 from cdc.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -40,6 +40,7 @@ import nats.errors
 import psycopg
 
 from cdc import db, reader
+from cdc.backoff import Backoff
 from cdc.broker import (
     EXPECTED_LAST_SEQUENCE,
     EXPECTED_STREAM,
@@ -58,7 +59,7 @@ from cdc.errors import PgtideError
 from cdc.events import encode_body
 from cdc.queries import queries
 from cdc.reader import Change
-from cdc.sequencer import Backoff, Sequencer
+from cdc.sequencer import Sequencer
 from cdc.settings import Settings
 from cdc.subjects import subject_of
 

@@ -30,7 +30,6 @@ import enum
 import functools
 import logging
 import os
-import random
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -41,6 +40,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from cdc import db
+from cdc.backoff import Backoff
 from cdc.errors import PgtideError
 from cdc.queries import queries
 from cdc.reader import Change, change_row
@@ -106,24 +106,6 @@ class CommitRate:
         while self._seen and self._seen[0][0] < now - self.window:
             self._total -= self._seen.popleft()[1]
         return self._total / self.window
-
-
-@dataclass
-class Backoff:
-    """Jittered exponential backoff for reconnects (1 s ±10 %, doubling, capped)."""
-
-    base: float = 1.0
-    cap: float = 30.0
-    _next: float = field(default=0.0, init=False)
-
-    def reset(self) -> None:
-        """Start again from `base`."""
-        self._next = 0.0
-
-    def next(self) -> float:
-        """The next delay."""
-        self._next = self.base if self._next == 0.0 else min(self._next * 2, self.cap)
-        return self._next * random.uniform(0.9, 1.1)
 
 
 # sequence_batch returning only the seqs: for a sequencer whose batches nobody reads.
