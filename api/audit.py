@@ -31,7 +31,7 @@ from cdc.audit import (
     row_key,
 )
 from cdc.errors import CursorError, FilterError
-from cdc.events import dumps
+from cdc.jsontext import dumps
 
 JSON = "application/json"
 

@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cdc.audit import HistoryEntry, change_record
-from cdc.events import dumps
+from cdc.jsontext import dumps
 from cdc.reader import Change
 
 FIELDS = (

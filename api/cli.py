@@ -662,7 +662,7 @@ def audit_history(table_name: str, row_id: str, fmt: str) -> None:
     """One row's changes in order, as a diff (ID: the bare id, or the key as JSON)."""
     from api import auditview
     from cdc.audit import history, history_record, key_of, row_key
-    from cdc.events import dumps
+    from cdc.jsontext import dumps
 
     with db.connect(_database_url(_settings())) as conn:
         pk = row_key(key_of(conn, table_name), table_name, row_id)

@@ -26,7 +26,7 @@ from api.csvimport import SPOOL_MEMORY, prepare
 from api.errors import ApiError
 from api.idempotency import Reply
 from api.identity import confine
-from cdc.events import dumps
+from cdc.jsontext import dumps
 
 Work = Callable[[psycopg.AsyncConnection[Any], str], Awaitable[Reply]]
 Write = Callable[..., Awaitable[Response]]  # api.resources._write(request, work, body=...)

@@ -35,7 +35,7 @@ from api.errors import RETRYABLE, ApiError, database_error, guarded, invalid, na
 from api.identity import author_of, branch_pin, confine
 from api.models import INT_MAX, Resource, WriteModel
 from api.queries import queries
-from cdc.events import dumps
+from cdc.jsontext import dumps
 
 MAX_MUTATIONS = 1000
 ATTEMPTS = 3

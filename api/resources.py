@@ -30,7 +30,7 @@ from api.models import Resource
 from api.openapi import openapi
 from api.push import push
 from api.queries import queries
-from cdc.events import dumps
+from cdc.jsontext import dumps
 
 ATTEMPTS = 3  # deadlocks and serialisation failures are retried, then 503
 

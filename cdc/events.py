@@ -7,29 +7,13 @@ sees it) whose `id:` is the cursor. Control events are named (`synced`,
 
 from __future__ import annotations
 
-import json
-from datetime import datetime
 from http import HTTPStatus
 from typing import Any
 
+from cdc.jsontext import dumps
 from cdc.reader import Change
 
 RETRY_MS = 1000
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
-
-
-# One encoder for every event: json.dumps with options builds a new JSONEncoder per call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_default)
-
-
-def dumps(obj: Any) -> str:
-    """Compact JSON, datetimes in ISO 8601."""
-    return _ENCODER.encode(obj)
 
 
 def change_payload(c: Change) -> dict[str, Any]:

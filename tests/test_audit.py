@@ -33,7 +33,7 @@ from api.cli import cli
 from cdc import db
 from cdc.audit import change_record, history, list_changes, parse_query
 from cdc.errors import CursorError, FilterError
-from cdc.events import dumps
+from cdc.jsontext import dumps
 from cdc.sequencer import Sequencer
 from cdc.settings import Settings
 from cdc.timespec import parse_duration, parse_since
