@@ -25,6 +25,7 @@ from starlette.routing import Route
 from api.apps import App, Registry, load_apps
 from api.audit import audit_routes
 from api.auth import AuthMiddleware, TokenCache, TokenWatcher, required_scope
+from api.errors import HANDLERS
 from api.logs import RequestLog, setup_logging
 from api.metrics import Metrics, RequestMetrics, metrics_endpoint
 from api.problems import http_exception, problem, unhandled
@@ -226,7 +227,7 @@ def create_app(
             for p in pools:
                 await p.close()
 
-    handlers: dict[Any, Any] = {HTTPException: http_exception, Exception: unhandled}
+    handlers: dict[Any, Any] = {HTTPException: http_exception, **HANDLERS, Exception: unhandled}
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),

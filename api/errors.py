@@ -23,12 +23,13 @@ import psycopg
 from psycopg import errors as pg
 from psycopg_pool import PoolTimeout
 from pydantic import ValidationError
+from starlette.requests import Request
 from starlette.responses import Response
 
 from api.problems import ProblemResponse, code_of
 from api.queries import queries
 from cdc.db import first_line
-from cdc.errors import FilterError
+from cdc.errors import CursorError, FilterError
 
 MAX_ERRORS = 50  # a body with thousands of bad fields gets a bounded answer
 
@@ -163,14 +164,28 @@ async def name_check_columns(
     return unprocessable(errors, constraint=diag.constraint_name)
 
 
-async def guarded(handler: Callable[[], Awaitable[Response]]) -> Response:
-    """Run a handler, turning refusals into problem+json; no input reaches a 500."""
-    try:
-        return await handler()
-    except ApiError as exc:
-        return exc.response()
-    except FilterError as exc:
-        return ApiError(400, str(exc)).response()
-    except PoolTimeout:
-        return ApiError(503, "no database connection is free; retry",
-                        headers={"Retry-After": "1"}).response()  # fmt: skip
+async def api_error(request: Request, exc: Exception) -> Response:
+    """An ApiError raised anywhere in a route, as its problem+json."""
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def bad_input(request: Request, exc: Exception) -> Response:
+    """A filter, a cursor or a list parameter the request got wrong: 400."""
+    return ApiError(400, str(exc)).response()
+
+
+async def no_connection(request: Request, exc: Exception) -> Response:
+    """The pool had no connection to give within its timeout: 503, retry."""
+    return ApiError(503, "no database connection is free; retry",
+                    headers={"Retry-After": "1"}).response()  # fmt: skip
+
+
+# The one error path: every refusal a route can raise, mapped once (api/app.py registers
+# them); routes raise, they do not catch and render.
+HANDLERS: dict[type[Exception], Callable[[Request, Exception], Awaitable[Response]]] = {
+    ApiError: api_error,
+    FilterError: bad_input,
+    CursorError: bad_input,
+    PoolTimeout: no_connection,
+}

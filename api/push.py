@@ -31,7 +31,7 @@ from starlette.responses import Response
 
 from api import references, writes
 from api.bodies import parse, read_body
-from api.errors import RETRYABLE, ApiError, database_error, guarded, invalid, name_check_columns
+from api.errors import RETRYABLE, ApiError, database_error, invalid, name_check_columns
 from api.identity import author_of, branch_pin, confine
 from api.models import INT_MAX, Resource, WriteModel
 from api.queries import queries
@@ -90,7 +90,7 @@ class Rejected(Exception):
 
 async def push(request: Request) -> Response:
     """Apply the mutations in order; answer 200 with one result per mutation."""
-    return await guarded(lambda: _push(request))
+    return await _push(request)
 
 
 async def _push(request: Request) -> Response:

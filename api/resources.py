@@ -22,7 +22,7 @@ from starlette.routing import Route
 from api import idempotency, references, writes
 from api.bodies import is_array, parse, parse_array, read_body
 from api.csvroute import import_csv, is_csv
-from api.errors import RETRYABLE, ApiError, database_error, guarded, name_check_columns
+from api.errors import RETRYABLE, ApiError, database_error, name_check_columns
 from api.idempotency import Reply
 from api.identity import author_of, branch_pin, confine
 from api.listing import cursor, plan
@@ -269,7 +269,7 @@ def resource_of(request: Request) -> Resource:
 def _endpoint(handlers: Mapping[str, Handler]) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         method = "GET" if request.method == "HEAD" else request.method  # Starlette adds HEAD
-        return await guarded(lambda: handlers[method](request, resource_of(request)))
+        return await handlers[method](request, resource_of(request))
 
     return endpoint
 

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from api.problems import problem
-from cdc.errors import CursorError, FilterError
+from cdc.errors import FilterError
 from cdc.filters import build_filter, parse_list
 from cdc.stream import events, prepare
 from cdc.streams import Streams, Ticket
@@ -62,30 +62,28 @@ async def _open(request: Request, ticket: Ticket) -> Response:
     params = request.query_params
     if any("\x00" in k or "\x00" in v for k, v in params.multi_items()):
         return problem(400, "query parameters must not contain NUL characters")
-    try:
-        tables = params.get("tables")
-        catalog = await state.catalog.get(parse_list(tables, "tables") if tables else ())
-        flt = build_filter(
-            catalog,
-            tables=tables,
-            ops=params.get("ops"),
-            topics=params.get("topics"),
-            columns=[(k, v) for k, v in params.multi_items() if k not in RESERVED],
-            branch=principal.branch_id,
-            shared_tables=list(settings.pinned_shared_tables),
-            tenants=state.registry.tenants(),
-        )
-        plan = await prepare(
-            state.pool,
-            catalog,
-            flt,
-            since=params.get("since"),
-            last_event_id=request.headers.get("last-event-id"),
-            snapshot=_flag(params.get("snapshot"), "snapshot"),
-            source=state.catchup,  # a gateway's stream, for recent cursors
-        )
-    except (FilterError, CursorError) as exc:
-        return problem(400, str(exc))
+    # A bad filter or cursor raises FilterError or CursorError: 400 (api/errors.py).
+    tables = params.get("tables")
+    catalog = await state.catalog.get(parse_list(tables, "tables") if tables else ())
+    flt = build_filter(
+        catalog,
+        tables=tables,
+        ops=params.get("ops"),
+        topics=params.get("topics"),
+        columns=[(k, v) for k, v in params.multi_items() if k not in RESERVED],
+        branch=principal.branch_id,
+        shared_tables=list(settings.pinned_shared_tables),
+        tenants=state.registry.tenants(),
+    )
+    plan = await prepare(
+        state.pool,
+        catalog,
+        flt,
+        since=params.get("since"),
+        last_event_id=request.headers.get("last-event-id"),
+        snapshot=_flag(params.get("snapshot"), "snapshot"),
+        source=state.catchup,  # a gateway's stream, for recent cursors
+    )
     body = events(
         state.hub, state.pool, plan, ticket,
         snapshots=state.snapshot_pool, snapshot_max_s=settings.snapshot_max_s,
