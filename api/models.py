@@ -115,6 +115,11 @@ class Resource:
     json_columns: frozenset[str] = field(init=False)  # jsonb: values go as Jsonb
     search_columns: tuple[str, ...] = field(init=False)  # text columns `search=` scans
     order_columns: frozenset[str] = field(init=False)  # NOT NULL scalars `order=` accepts
+    # Write statements composed for this resource, by shape (api/writes.py): they live and
+    # die with the resource, so no other resource's statement can ever be served.
+    statements: dict[tuple[Any, ...], bytes] = field(
+        init=False, default_factory=dict, compare=False, hash=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):

@@ -59,11 +59,6 @@ class Stored:
         return f'"{self.tag}"'
 
 
-def id_of(res: Resource) -> int:
-    """A resource's identity for the statement cache (resources live as long as the app)."""
-    return id(res)
-
-
 def _pin(res: Resource, branch: Any) -> sql.Composable:
     if branch is None:
         return sql.SQL("")
@@ -80,16 +75,15 @@ def _format(name: str, res: Resource, branch: Any, **parts: sql.Composable) -> s
 
 # Statements composed once per resource and shape, kept as the bytes psycopg sends:
 # composing them per request cost about 5 % of a server's CPU (docs/benchmarks.md).
-_COMPOSED: dict[tuple[Any, ...], bytes] = {}
-_COMPOSED_MAX = 4096  # shapes (resource x statement x columns); beyond, not cached
+MAX_SHAPES = 512  # per resource (a PATCH's columns vary); beyond, composed each time
 
 
-def _statement(key: tuple[Any, ...], build: Callable[[], sql.Composed]) -> bytes:
-    found = _COMPOSED.get(key)
+def _statement(res: Resource, shape: tuple[Any, ...], build: Callable[[], sql.Composed]) -> bytes:
+    found = res.statements.get(shape)
     if found is None:
         found = build().as_bytes(None)
-        if len(_COMPOSED) < _COMPOSED_MAX:
-            _COMPOSED[key] = found
+        if len(res.statements) < MAX_SHAPES:
+            res.statements[shape] = found
     return found
 
 
@@ -105,7 +99,7 @@ async def fetch(
     conn: psycopg.AsyncConnection[Any], res: Resource, id: Any, branch: Any
 ) -> Stored | None:
     """The row `id` of `res` with its ETag, or None."""
-    query = _statement((id_of(res), "select_row", branch is not None),
+    query = _statement(res, ("select_row", branch is not None),
                        lambda: _format("select_row", res, branch))  # fmt: skip
     return await _one(conn, query, {"id": id, "branch": branch})
 
@@ -121,7 +115,7 @@ async def lock(
     conn: psycopg.AsyncConnection[Any], res: Resource, id: Any, branch: Any
 ) -> tuple[Stored, Any] | None:
     """The row locked until the transaction ends, with when it was last written."""
-    query = _statement((id_of(res), "lock_row", branch is not None),
+    query = _statement(res, ("lock_row", branch is not None),
                        lambda: _format("lock_row", res, branch, written=_written(res)))  # fmt: skip
     params = {"id": id, "branch": branch, "table_name": res.table_name,
               "schema_name": res.schema_name, "key_name": res.key}  # fmt: skip
@@ -131,7 +125,7 @@ async def lock(
 
 
 def _insert(res: Resource, columns: tuple[str, ...]) -> bytes:
-    return _statement((id_of(res), "insert_row", columns), lambda: _compose_insert(res, columns))
+    return _statement(res, ("insert_row", columns), lambda: _compose_insert(res, columns))
 
 
 def _compose_insert(res: Resource, columns: tuple[str, ...]) -> sql.Composed:
@@ -221,8 +215,8 @@ async def update(
                  for c in res.writable if c not in values]  # fmt: skip
     if not sets:  # an empty PATCH: lock and check the row, change nothing
         sets = [sql.SQL("{} = t.{}").format(sql.Identifier(res.key), sql.Identifier(res.key))]
-    shape = (id_of(res), "update_row", branch is not None, tuple(values), replace)
-    query = _statement(shape, lambda: _format("update_row", res, branch,
+    shape = ("update_row", branch is not None, tuple(values), replace)
+    query = _statement(res, shape, lambda: _format("update_row", res, branch,
                                               assignments=sql.SQL(", ").join(sets)))  # fmt: skip
     params = {f"c_{c}": v for c, v in values.items()}
     return await _one(conn, query, {**params, "id": id, "tags": tags, "branch": branch})
@@ -237,7 +231,7 @@ async def delete(
 ) -> Stored | None:
     """Delete row `id` if its ETag is in `tags` (None: any); the deleted row."""
     params = {"id": id, "tags": tags, "branch": branch}
-    query = _statement((id_of(res), "delete_row", branch is not None),
+    query = _statement(res, ("delete_row", branch is not None),
                        lambda: _format("delete_row", res, branch))  # fmt: skip
     return await _one(conn, query, params)
 
