@@ -133,6 +133,9 @@ class Registry:
                 if res.name in self.resources:
                     raise ConfigError(f"two apps declare the resource {res.name!r}")
                 self.resources[res.name] = res
+        # Read on every write and every stream open: worked out once.
+        self._tenants = {r.qualified: r.tenant for r in self.resources.values()
+                         if r.tenant is not None}  # fmt: skip
 
     def get(self, name: str) -> Resource | None:
         """The resource of that URL name, or None."""
@@ -140,7 +143,7 @@ class Registry:
 
     def tenants(self) -> dict[str, str]:
         """`schema.table` -> its tenant column, for the tables whose resources declare one."""
-        return {r.qualified: r.tenant for r in self.resources.values() if r.tenant is not None}
+        return self._tenants
 
     def branch_lookup(self, conn: psycopg.Connection[Any], value: str) -> str | None:
         """The tenant value an app recognises in `value` (a branch code, say), else None."""

@@ -88,6 +88,19 @@ class PassResult:
     transactions: int = 0
 
 
+def busy_poll(interval: float, per_s: float, settings: Settings) -> float | None:
+    """After an empty pass: the next poll interval (s), or None to sleep on the doorbell.
+
+    Commits faster than `poll_above_per_s`: poll, doubling, but never longer than the
+    mean gap between commits (nor poll_max_ms), so none waits long on a timer; slower:
+    sleep, and the next commit rings at once.
+    """
+    if per_s < settings.poll_above_per_s:
+        return None
+    poll_min, poll_max = settings.poll_min_ms / 1000, settings.poll_max_ms / 1000
+    return min(interval * 2, poll_max, max(poll_min, 1 / per_s))
+
+
 @dataclass
 class CommitRate:
     """Transactions sequenced per second over the last `window` seconds."""
@@ -237,7 +250,7 @@ class Sequencer:
 
     async def _lead(self, conn: psycopg.AsyncConnection[Any]) -> None:
         s = self.settings
-        poll_min, poll_max = s.poll_min_ms / 1000, s.poll_max_ms / 1000
+        poll_min = s.poll_min_ms / 1000
         self.mode = Mode.BUSY
         await self._set_flag(conn, 0)
         interval = poll_min
@@ -257,11 +270,9 @@ class Sequencer:
                 await asyncio.sleep(interval)
                 continue
             if self.mode is Mode.BUSY:
-                per_s = rate.per_s(loop.time())
-                if per_s >= s.poll_above_per_s:
-                    # Commits come faster than a NOTIFY each would be worth: poll, but
-                    # never longer than the mean gap between them, so none waits long.
-                    interval = min(interval * 2, poll_max, max(poll_min, 1 / per_s))
+                polled = busy_poll(interval, rate.per_s(loop.time()), s)
+                if polled is not None:
+                    interval = polled
                     await asyncio.sleep(interval)
                     continue
                 # Quiet: raise the flag, then wait out every transaction open now.
