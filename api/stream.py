@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import anyio
@@ -112,20 +113,18 @@ class _TicketedStream(EventSourceResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            async with anyio.create_task_group() as group:
+            # One cancel scope, no extra task: stopping the ticket (revocation, shutdown)
+            # cuts the response after a grace if it has not ended by itself.
+            with anyio.CancelScope() as response:
+                loop = asyncio.get_running_loop()
 
-                async def respond() -> None:
-                    await EventSourceResponse.__call__(self, scope, receive, send)
-                    group.cancel_scope.cancel()
+                def cut_later() -> None:
+                    loop.call_later(STOP_GRACE_S, response.cancel)
 
-                async def cut_when_stopped() -> None:
-                    # A stopped stream sends `retry:` and ends by itself; one whose
-                    # client does not read is cut after a grace.
-                    await self.ticket.stopped.wait()
-                    await anyio.sleep(STOP_GRACE_S)
-                    group.cancel_scope.cancel()
-
-                group.start_soon(respond)
-                group.start_soon(cut_when_stopped)
+                self.ticket.on_stop = cut_later
+                if self.ticket.is_stopped:
+                    cut_later()
+                await EventSourceResponse.__call__(self, scope, receive, send)
         finally:
+            self.ticket.on_stop = None
             self.streams.release(self.ticket)

@@ -8,30 +8,39 @@ step, with no `await` in between, so concurrent opens cannot all pass the cap.
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from cdc.hub import Subscriber
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Ticket:
-    """One admitted stream: who owns it, and whether it was told to stop."""
+    """One admitted stream: who owns it, and whether it was told to stop.
+
+    No task or timer per stream waits on it: stopping wakes the live subscription and
+    calls `on_stop` (the HTTP layer's cut of a response whose client does not read).
+    """
 
     owner: Any
-    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    stopped: bool = False
     sub: Subscriber | None = None  # its live subscription, once it joined the hub
+    on_stop: Callable[[], None] | None = None
 
     def stop(self) -> None:
         """End the stream in whatever phase it is (snapshot, catch-up, live)."""
-        self.stopped.set()
+        if self.stopped:
+            return
+        self.stopped = True
         if self.sub is not None:
             self.sub.close()
+        if self.on_stop is not None:
+            self.on_stop()
 
     @property
     def is_stopped(self) -> bool:
-        return self.stopped.is_set()
+        return self.stopped
 
 
 class Streams:
