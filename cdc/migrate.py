@@ -237,10 +237,9 @@ def _adopt_legacy(url: str, backend: Any) -> bool:
         for name in LEGACY_SEQUENCES:
             conn.execute(sql.SQL("ALTER SEQUENCE IF EXISTS {} SET SCHEMA {}").format(
                 sql.Identifier("public", name), sql.Identifier(ENGINE_SCHEMA)))  # fmt: skip
-        for (grantee,) in conn.execute(queries["engine_grantees"]).fetchall():
+        for (role,) in conn.execute(queries["engine_grantees"]).fetchall():
             # Roles that wrote or read the tables in public keep their access.
-            who = sql.SQL("PUBLIC") if grantee == 0 else sql.SQL("{}").format(
-                sql.Identifier(_role_name(conn, grantee)))  # fmt: skip
+            who = sql.SQL("PUBLIC") if role is None else sql.Identifier(role)
             conn.execute(sql.SQL("GRANT USAGE ON SCHEMA pgtide TO {}").format(who))
         ids = [i for i in LEGACY_ENGINE_IDS if i in applied]
         if LEGACY_DOMAIN_ID in applied:
@@ -260,12 +259,6 @@ def _adopt_legacy(url: str, backend: Any) -> bool:
                     sql.Identifier("public", name)))  # fmt: skip
     log.info("moved pgtide's tables from public into schema pgtide")
     return True
-
-
-def _role_name(conn: psycopg.Connection[Any], oid: int) -> str:
-    row = conn.execute("SELECT rolname FROM pg_roles WHERE oid = %s", (oid,)).fetchone()
-    assert row is not None  # an acl names existing roles
-    return str(row[0])
 
 
 def _apply_triggers_if_changed(url: str) -> bool:

@@ -293,10 +293,11 @@ RETURNING (xmax = 0) AS inserted;
 SELECT name, ref FROM pgtide.sync_apps ORDER BY installed_at, name;
 
 -- name: engine_grantees
--- Roles granted anything on the engine's tables (0: PUBLIC), but their owners: after
+-- Roles granted anything on the engine's tables (NULL: PUBLIC), but their owners: after
 -- the tables moved into schema pgtide they need USAGE on it to keep that access.
-SELECT DISTINCT a.grantee
+SELECT DISTINCT r.rolname
   FROM pg_class c
   JOIN pg_namespace n ON n.oid = c.relnamespace
  CROSS JOIN LATERAL aclexplode(c.relacl) AS a
+  LEFT JOIN pg_roles r ON r.oid = a.grantee
  WHERE n.nspname = 'pgtide' AND a.grantee <> c.relowner;
