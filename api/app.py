@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api.apps import App, Registry, load_apps
+from api.apps import App, Registry, load_apps, served_apps
 from api.audit import audit_routes
 from api.auth import AuthMiddleware, TokenCache, TokenWatcher, required_scope
 from api.errors import HANDLERS
@@ -138,14 +138,11 @@ def app_from_env() -> Starlette:
 
 def _served_apps(url: str, settings: Settings) -> list[App]:
     """The apps the database records as installed, then those PGTIDE_APPS names."""
-    from cdc.migrate import installed_apps
-
     try:
-        recorded = [ref for _, ref in installed_apps(url)]
+        return served_apps(url, settings.apps)
     except DatabaseUnavailable:
         log.warning("the database is unreachable: serving only the apps in PGTIDE_APPS")
-        recorded = []
-    return load_apps([*recorded, *settings.apps])
+        return load_apps(settings.apps)
 
 
 def create_app(

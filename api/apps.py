@@ -155,6 +155,13 @@ class Registry:
         return None
 
 
+def served_apps(url: str, extra: Iterable[str] = ()) -> list[App]:
+    """The apps the database records as installed, then `extra` (PGTIDE_APPS, --app)."""
+    from cdc.migrate import installed_apps
+
+    return load_apps([*(ref for _, ref in installed_apps(url)), *extra])
+
+
 def refs_from_setting(value: str) -> list[str]:
     """`PGTIDE_APPS`: comma-separated app names, blanks ignored."""
     return [part.strip() for part in value.split(",") if part.strip()]

@@ -290,12 +290,11 @@ def _read_secret(path: Path) -> str:
 
 def _prepare_database(url: str, no_migrate: bool, app_refs: Sequence[str] = ()) -> MigrationReport:
     """Apply pending migrations (the engine's, then the named and installed apps')."""
-    from api.apps import load_apps
-    from cdc.migrate import MigrationReport, installed_apps, pending
+    from api.apps import served_apps
+    from cdc.migrate import MigrationReport, pending
     from cdc.migrate import migrate as run_migrations
 
-    recorded = [ref for _, ref in installed_apps(url)]
-    installs = [app.install() for app in load_apps([*recorded, *app_refs])]
+    installs = [app.install() for app in served_apps(url, app_refs)]
     if no_migrate:
         todo = pending(url, installs)
         if todo:
@@ -453,15 +452,14 @@ def demo(host: str | None, port: int | None) -> None:
     Uses the embedded PostgreSQL unless DATABASE_URL is set. The data is loaded
     once; the demo tokens are replaced on every run (only hashes are stored).
     """
-    from api.apps import Registry, load_app, load_apps
+    from api.apps import Registry, load_app, served_apps
     from api.demo import make_tokens
-    from cdc.migrate import installed_apps
 
     settings = _settings()
     url = _database_url(settings)
     _prepare_database(url, no_migrate=False, app_refs=["dynapharm", *settings.apps])
     dynapharm = load_app("dynapharm")
-    registry = Registry(load_apps([ref for _, ref in installed_apps(url)]))
+    registry = Registry(served_apps(url))
     with db.connect(url) as conn:
         if dynapharm.demo is not None and dynapharm.demo(conn):
             err.print("loaded the demo data: 4 branches, 600 clients, orders, appointments, stock")
@@ -504,9 +502,8 @@ def token() -> None:
 @click.option("--expires", default=None, help="Lifetime such as 90d, 12h, 2w [default: never].")
 def token_create(name: str, scopes: str, branch: str | None, expires: str | None) -> None:
     """Create a token and print it once (it cannot be shown again)."""
-    from api.apps import Registry, load_apps
+    from api.apps import Registry, served_apps
     from cdc import tokens
-    from cdc.migrate import installed_apps
 
     settings = _settings()
     parsed = tokens.parse_scopes(scopes)
@@ -514,7 +511,7 @@ def token_create(name: str, scopes: str, branch: str | None, expires: str | None
     url = _database_url(settings)
     with db.connect(url) as conn:
         if branch is not None:
-            registry = Registry(load_apps([ref for _, ref in installed_apps(url)]))
+            registry = Registry(served_apps(url))
             branch = registry.branch_lookup(conn, branch) or branch
         value = tokens.create(
             conn, name=name, scopes=parsed, branch_id=branch, expires_in=lifetime,
@@ -709,14 +706,13 @@ def import_csv(resource: str, file: Path, actor: str | None) -> None:
     Every record is validated as `POST /api/RESOURCE` with text/csv would
     (docs/writes.md) before the rows are copied in one transaction.
     """
-    from api.apps import Registry, load_apps
+    from api.apps import Registry, served_apps
     from api.csvcli import default_actor, import_file
     from api.errors import ApiError
-    from cdc.migrate import installed_apps
 
     settings = _settings()
     url = _database_url(settings)
-    registry = Registry(load_apps([*(ref for _, ref in installed_apps(url)), *settings.apps]))
+    registry = Registry(served_apps(url, settings.apps))
     try:
         count, txid = import_file(url, registry, resource, file, actor or default_actor(), err)
     except ApiError as exc:
