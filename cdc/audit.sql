@@ -6,8 +6,9 @@
 
 -- name: list
 -- Sequenced changes in (lo, hi) matching the filters, in seq order ({direction}).
-SELECT o.seq, l.id, l.txid::text AS txid, l.at, l.schema_name, l.table_name, l.op, l.pk,
-       l.new_row, l.old_row, l.changed, l.actor, l.origin, l.mutation_id, l.db_role
+SELECT o.seq, l.id, l.txid::text AS txid, l.at, l.schema_name, l.table_name, l.op,
+       l.pk::text AS pk_json, l.new_row::text AS row_json, l.old_row::text AS old_json,
+       l.changed, l.actor, l.origin, l.mutation_id, l.db_role
   FROM pgtide.sync_order o
   JOIN pgtide.sync_log l ON l.id = o.log_id
  WHERE o.seq > %(lo)s::bigint AND o.seq < %(hi)s::bigint
@@ -55,12 +56,13 @@ WITH mine AS (
       FROM pgtide.sync_log l JOIN pgtide.sync_order o ON o.log_id = l.id
      WHERE l.table_name = %(table)s AND l.pk = %(pk)s::jsonb
 )
-SELECT seq, id, txid::text AS txid, at, schema_name, table_name, op, pk,
-       new_row, old_row, changed, actor, origin, mutation_id, db_role
+SELECT seq, id, txid::text AS txid, at, schema_name, table_name, op, pk::text AS pk_json,
+       new_row::text AS row_json, old_row::text AS old_json, changed, actor, origin,
+       mutation_id, db_role
   FROM mine
 UNION ALL
-SELECT o.seq, l.id, l.txid::text, l.at, l.schema_name, l.table_name, l.op, l.pk,
-       l.new_row, l.old_row, l.changed, l.actor, l.origin, l.mutation_id, l.db_role
+SELECT o.seq, l.id, l.txid::text, l.at, l.schema_name, l.table_name, l.op, l.pk::text,
+       l.new_row::text, l.old_row::text, l.changed, l.actor, l.origin, l.mutation_id, l.db_role
   FROM pgtide.sync_log l JOIN pgtide.sync_order o ON o.log_id = l.id
  WHERE l.table_name = %(table)s AND l.op = 'TRUNCATE'
    AND o.seq > (SELECT min(seq) FROM mine)

@@ -34,6 +34,7 @@ from nats.js.errors import NotFoundError
 from cdc.errors import PgtideError
 from cdc.reader import Change
 from cdc.subjects import all_subjects
+from cdc.values import DECODER as _DECODER
 from cdc.values import exact_loads
 
 log = logging.getLogger(__name__)
@@ -82,18 +83,39 @@ class BrokerChange(Change):
     wire: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
 
+_IMAGES = (',"pk":', ',"row":', ',"old":')
+
+
 def decode_change(body: bytes) -> BrokerChange:
     """The change a message body carries; its JSON is kept to be sent byte for byte.
 
+    The row images are cut out of the body as published (PostgreSQL's text of
+    them, cdc/events.py), so a view that rewrites the change (a pin, `left`)
+    frames the same bytes as a server reading the log. Each part is parsed once.
     ValueError/KeyError/TypeError for a body that is not a pgtide event.
     """
-    p = exact_loads(body)
+    text = body.decode("utf-8")
+    # The fields before `pk` are compact JSON whose strings escape every quote, so the
+    # first `,"pk":` is the key itself.
+    start = text.index(_IMAGES[0])
+    head = exact_loads(text[:start] + "}")
+    images: list[str] = []
+    decoded: dict[str, Any] = {}
+    for key, marker in zip(("pk", "row", "old"), _IMAGES, strict=True):
+        if not text.startswith(marker, start):
+            raise ValueError(f"expected {marker} at {start}")
+        begin = start + len(marker)
+        decoded[key], start = _DECODER.raw_decode(text, begin)
+        images.append(text[begin:start])
+    tail = exact_loads("{" + text[start + 1 :])
+    pk, row, old = (None if i == "null" else i for i in images)
     c = BrokerChange(
-        int(p["seq"]), int(p["id"]), str(p["txid"]), datetime.fromisoformat(p["at"]),
-        p["schema"], p["table"], p["op"], p["pk"], p["row"], p["old"], p["changed"],
-        p["actor"], p["origin"], p["mutation_id"], "",
+        int(head["seq"]), int(head["id"]), str(head["txid"]), datetime.fromisoformat(head["at"]),
+        head["schema"], head["table"], head["op"], pk, row, old,
+        tail["changed"], tail["actor"], tail["origin"], tail["mutation_id"], "",
     )  # fmt: skip
     object.__setattr__(c, "wire", body)  # frozen: set once, here
+    object.__setattr__(c, "_decoded", {k: v for k, v in decoded.items() if v is not None})
     return c
 
 

@@ -8,6 +8,7 @@ sees it) whose `id:` is the cursor. Control events are named (`synced`,
 from __future__ import annotations
 
 from http import HTTPStatus
+from json.encoder import encode_basestring
 from typing import Any
 
 from cdc.jsontext import dumps
@@ -17,17 +18,17 @@ RETRY_MS = 1000
 
 
 def change_payload(c: Change) -> dict[str, Any]:
-    """The JSON object of a change event (field names fixed by docs/design.md).
+    """The JSON object of a change event, its images decoded (the audit's records).
 
-    `left` is present (true) only on an UPDATE that takes the row out of the
-    subscriber's column filters, so every other event keeps its shared bytes.
+    Field names fixed by docs/design.md. `left` is present (true) only on an UPDATE
+    that takes the row out of the subscriber's column filters.
     """
     payload = {
         "cursor": str(c.seq),
         "seq": c.seq,
         "txid": c.txid,
         "id": c.id,
-        "at": c.at.isoformat(),  # what _default would do, without a Python callback
+        "at": c.at.isoformat(),
         "schema": c.schema_name,
         "table": c.table_name,
         "op": c.op,
@@ -44,6 +45,27 @@ def change_payload(c: Change) -> dict[str, Any]:
     return payload
 
 
+def _text(value: str | None) -> str:
+    return "null" if value is None else encode_basestring(value)
+
+
+def change_json(c: Change) -> str:
+    """The event's JSON: compact fields in a fixed order, the row images as PostgreSQL printed
+    them (`pk_json`, `row_json`, `old_json`), so every path that frames a change (live,
+    catch-up, the relay) sends the same bytes without decoding a row.
+    """
+    changed = "null" if c.changed is None else dumps(c.changed)
+    left = ',"left":true' if c.left else ""
+    return (
+        f'{{"cursor":"{c.seq}","seq":{c.seq},"txid":{_text(c.txid)},"id":{c.id},'
+        f'"at":"{c.at.isoformat()}","schema":{_text(c.schema_name)},'
+        f'"table":{_text(c.table_name)},"op":{_text(c.op)},"pk":{c.pk_json or "null"},'
+        f'"row":{c.row_json or "null"},"old":{c.old_json or "null"},"changed":{changed},'
+        f'"actor":{_text(c.actor)},"origin":{_text(c.origin)},'
+        f'"mutation_id":{_text(c.mutation_id)}{left}}}'
+    )
+
+
 def encode_change(c: Change, *, with_id: bool = True) -> bytes:
     """`id: <seq>` and `data: <json>`, ending with a blank line.
 
@@ -53,25 +75,27 @@ def encode_change(c: Change, *, with_id: bool = True) -> bytes:
     """
     wire: bytes | None = getattr(c, "wire", None)
     head = f"id: {c.seq}\n" if with_id else ""
-    if wire is not None:
+    if wire is not None and not c.left:
         return b"".join((head.encode(), b"data: ", wire, b"\n\n"))
-    data = dumps(change_payload(c))
-    return f"{head}data: {data}\n\n".encode()
+    return f"{head}data: {change_json(c)}\n\n".encode()
 
 
 def encode_body(c: Change) -> bytes:
     """The event's JSON alone: what the relay publishes, the `data:` of `encode_change`."""
-    return dumps(change_payload(c)).encode()
+    return change_json(c).encode()
 
 
-def encode_snapshot_row(schema: str, table: str, pk: dict[str, Any], row: dict[str, Any]) -> bytes:
-    """A SNAPSHOT event: a current row, without an `id:` (it is not a position in the log)."""
-    payload = {
-        "cursor": None, "seq": None, "txid": None, "id": None, "at": None,
-        "schema": schema, "table": table, "op": "SNAPSHOT", "pk": pk, "row": row,
-        "old": None, "changed": None, "actor": None, "origin": None, "mutation_id": None,
-    }  # fmt: skip
-    return f"data: {dumps(payload)}\n\n".encode()
+def encode_snapshot_row(schema: str, table: str, pk_json: str, row_json: str) -> bytes:
+    """A SNAPSHOT event: a current row, without an `id:` (it is not a position in the log).
+
+    The key and row are PostgreSQL's text of their jsonb, as in a change event.
+    """
+    return (
+        f'data: {{"cursor":null,"seq":null,"txid":null,"id":null,"at":null,'
+        f'"schema":{_text(schema)},"table":{_text(table)},"op":"SNAPSHOT","pk":{pk_json},'
+        f'"row":{row_json},"old":null,"changed":null,"actor":null,"origin":null,'
+        f'"mutation_id":null}}\n\n'
+    ).encode()
 
 
 def encode_control(event: str, data: dict[str, Any], cursor: int | None = None) -> bytes:

@@ -163,14 +163,18 @@ class StreamFilter:
             new_in = self._in_branch(table, change.new_row)
             old_in = self._in_branch(table, change.old_row)
             if new_in and not old_in:
-                return replace(change, op="INSERT", old_row=None, changed=None)
+                return replace(change, op="INSERT", old_json=None, changed=None)
             if old_in and not new_in:
-                return replace(change, op="DELETE", new_row=None, changed=None)
+                return replace(change, op="DELETE", row_json=None, changed=None)
         preds = self.predicates.get(table) if self.columns else None
         new = change.new_row
         if preds is not None and new is not None and not all(p(new) for p in preds):
             return replace(change, left=True)
         return change
+
+    def reads_rows(self, table: str) -> bool:
+        """Whether `matches_row` for `table` depends on the row's values (else any row will do)."""
+        return bool(self.columns) or (self.branch is not None and table not in self.shared_tables)
 
     def matches_row(self, table: str, row: Image) -> bool:
         """Whether a current row (a snapshot row) of `table` passes the column filters."""
@@ -182,6 +186,20 @@ class StreamFilter:
             return True
         preds = self.predicates.get(table)
         return preds is not None and all(p(row) for p in preds)
+
+    def selects(self, change: Change) -> bool:
+        """`matches` for a change, reading its row images only when a pin or a column
+        filter needs their values: most subscribers never decode a row."""
+        table = table_key(change)
+        op = change.op
+        if op == "MESSAGE":
+            if self.topics is None or table not in self.topics:
+                return False
+        elif op not in self.ops or (self.tables is not None and table not in self.tables):
+            return False
+        if self.branch is None and (not self.columns or op == "TRUNCATE"):
+            return True
+        return self.matches(op, table, change.new_row, change.old_row)
 
     def matches(self, op: str, table: str, new: Image | None, old: Image | None) -> bool:
         """Whether a change (or message) passes this filter."""

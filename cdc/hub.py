@@ -25,7 +25,7 @@ from typing import Any
 
 from cdc.errors import StreamFailure
 from cdc.events import encode_change
-from cdc.filters import StreamFilter, table_key
+from cdc.filters import StreamFilter
 from cdc.reader import Change
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ def _select(
     picked: list[tuple[int, bytes]] = []
     for c, data in encoded:
         try:
-            if not flt.matches(c.op, table_key(c), c.new_row, c.old_row):
+            if not flt.selects(c):
                 continue
         except Exception as exc:
             return _failure(flt, c, "filter_failed", "cannot apply this stream's filters to", exc)

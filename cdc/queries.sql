@@ -50,8 +50,9 @@ WITH ins AS (
 ), woke AS (
     SELECT pg_notify('pgtide_sequenced', last_seq::text) AS n FROM upd
 )
-SELECT ins.seq, l.id, l.txid::text AS txid, l.at, l.schema_name, l.table_name, l.op, l.pk,
-       l.new_row, l.old_row, l.changed, l.actor, l.origin, l.mutation_id, l.db_role
+SELECT ins.seq, l.id, l.txid::text AS txid, l.at, l.schema_name, l.table_name, l.op,
+       l.pk::text AS pk_json, l.new_row::text AS row_json, l.old_row::text AS old_json,
+       l.changed, l.actor, l.origin, l.mutation_id, l.db_role
   FROM ins
   JOIN pgtide.sync_log l ON l.id = ins.log_id
  CROSS JOIN woke
@@ -124,8 +125,9 @@ SELECT st.last_seq,
 
 -- name: read_after
 -- The next changes after a cursor, in seq order.
-SELECT o.seq, l.id, l.txid::text AS txid, l.at, l.schema_name, l.table_name, l.op, l.pk,
-       l.new_row, l.old_row, l.changed, l.actor, l.origin, l.mutation_id, l.db_role
+SELECT o.seq, l.id, l.txid::text AS txid, l.at, l.schema_name, l.table_name, l.op,
+       l.pk::text AS pk_json, l.new_row::text AS row_json, l.old_row::text AS old_json,
+       l.changed, l.actor, l.origin, l.mutation_id, l.db_role
   FROM pgtide.sync_order o
   JOIN pgtide.sync_log l ON l.id = o.log_id
  WHERE o.seq > %(after)s::bigint
@@ -135,8 +137,9 @@ SELECT o.seq, l.id, l.txid::text AS txid, l.at, l.schema_name, l.table_name, l.o
 -- name: read_range
 -- The changes in (after, until], in seq order, for a server-side cursor that a stream's
 -- catch-up fetches a page at a time.
-SELECT o.seq, l.id, l.txid::text AS txid, l.at, l.schema_name, l.table_name, l.op, l.pk,
-       l.new_row, l.old_row, l.changed, l.actor, l.origin, l.mutation_id, l.db_role
+SELECT o.seq, l.id, l.txid::text AS txid, l.at, l.schema_name, l.table_name, l.op,
+       l.pk::text AS pk_json, l.new_row::text AS row_json, l.old_row::text AS old_json,
+       l.changed, l.actor, l.origin, l.mutation_id, l.db_role
   FROM pgtide.sync_order o
   JOIN pgtide.sync_log l ON l.id = o.log_id
  WHERE o.seq > %(after)s::bigint AND o.seq <= %(until)s::bigint

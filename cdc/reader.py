@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -12,11 +12,18 @@ from psycopg.rows import RowMaker, class_row
 
 from cdc.cursor import Cursor
 from cdc.queries import queries
+from cdc.values import exact_loads
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One sequenced change: a `pgtide.sync_log` row with its `seq`."""
+    """One sequenced change: a `pgtide.sync_log` row with its `seq`.
+
+    The row images (`pk`, `row`, `old`) are kept as PostgreSQL prints the jsonb
+    (docs/decisions.md, "Row images as PostgreSQL prints them"): an event is framed
+    from that text, and `pk`, `new_row`, `old_row` decode it on first use only, for
+    the filters and the audit that read values.
+    """
 
     seq: int
     id: int
@@ -25,9 +32,9 @@ class Change:
     schema_name: str
     table_name: str
     op: str
-    pk: dict[str, Any] | None
-    new_row: dict[str, Any] | None
-    old_row: dict[str, Any] | None
+    pk_json: str | None
+    row_json: str | None
+    old_json: str | None
     changed: list[str] | None
     actor: str | None
     origin: str | None
@@ -36,9 +43,38 @@ class Change:
     # Set by a subscriber's view (cdc/filters.py), never read from the log: this UPDATE takes
     # the row out of the subscriber's column filters (the event's `"left": true`).
     left: bool = False
+    _decoded: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def _image(self, name: str, text: str | None) -> Any:
+        if text is None:
+            return None
+        decoded = self._decoded
+        if decoded is None:
+            decoded = {}
+            object.__setattr__(self, "_decoded", decoded)  # a cache: frozen otherwise
+        try:
+            return decoded[name]
+        except KeyError:
+            value = decoded[name] = exact_loads(text)
+            return value
+
+    @property
+    def pk(self) -> dict[str, Any] | None:
+        """The row's key, decoded."""
+        return self._image("pk", self.pk_json)  # type: ignore[no-any-return]
+
+    @property
+    def new_row(self) -> dict[str, Any] | None:
+        """The new row image, decoded (None for DELETE and TRUNCATE)."""
+        return self._image("row", self.row_json)  # type: ignore[no-any-return]
+
+    @property
+    def old_row(self) -> dict[str, Any] | None:
+        """The old row image, decoded (None for INSERT and TRUNCATE)."""
+        return self._image("old", self.old_json)  # type: ignore[no-any-return]
 
 
-_FIELDS = tuple(f.name for f in fields(Change) if f.name != "left")
+_FIELDS = tuple(f.name for f in fields(Change) if f.init and f.name != "left")
 
 
 def change_row(cursor: Any) -> RowMaker[Change]:

@@ -45,10 +45,11 @@ from cdc.events import (
     encode_retry,
     encode_snapshot_row,
 )
-from cdc.filters import StreamFilter, TableInfo, table_key
+from cdc.filters import StreamFilter, TableInfo
 from cdc.hub import Hub, Subscriber
 from cdc.queries import queries
 from cdc.streams import Ticket
+from cdc.values import exact_loads
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +273,7 @@ async def _live(sub: Subscriber, after: int) -> AsyncIterator[bytes]:
 def _matching(flt: StreamFilter, c: reader.Change, covered: int) -> bytes | None:
     """A catch-up change's bytes for this filter (None: not selected); StreamFailure if it fails."""
     try:
-        if not flt.matches(c.op, table_key(c), c.new_row, c.old_row):
+        if not flt.selects(c):
             return None
     except Exception as exc:
         raise StreamFailure(
@@ -290,6 +291,17 @@ def _matching(flt: StreamFilter, c: reader.Change, covered: int) -> bytes | None
             "the server log has the details",
             seq=c.seq,
         ) from exc
+
+
+def snapshot_query(info: TableInfo) -> sql.Composed:
+    """Every row of a table as PostgreSQL prints its jsonb, with its key alike: the same
+    text a change of it carries (cdc/events.py)."""
+    key = sql.SQL(", ").join(
+        sql.SQL("{}, t.{}").format(sql.Literal(k), sql.Identifier(k)) for k in info.pk
+    )
+    return sql.SQL("SELECT to_jsonb(t)::text, jsonb_build_object({})::text FROM {} AS t").format(
+        key, sql.Identifier(info.schema, info.name)
+    )
 
 
 class SnapshotReader:
@@ -319,9 +331,7 @@ class SnapshotReader:
             )
             self.seq = int(row[3])
             for info in self.plan.tables:
-                query = sql.SQL("SELECT to_jsonb(t) FROM {} AS t").format(
-                    sql.Identifier(info.schema, info.name)
-                )
+                query = snapshot_query(info)
                 async with conn.cursor(name="pgtide_snapshot") as cur:
                     await cur.execute(query)
                     while batch := await cur.fetchmany(SNAPSHOT_FETCH):
@@ -337,11 +347,18 @@ class SnapshotReader:
                         spool.write(self._encode(info, batch))
 
     def _encode(self, info: TableInfo, batch: list[Any]) -> bytes:
+        flt, table = self.plan.filter, info.qualified
         try:
+            if not flt.reads_rows(table):
+                if not flt.matches_row(table, {}):
+                    return b""
+                return b"".join(
+                    encode_snapshot_row(info.schema, info.name, pk, row) for row, pk in batch
+                )
             return b"".join(
-                encode_snapshot_row(info.schema, info.name, {k: img.get(k) for k in info.pk}, img)
-                for (img,) in batch
-                if self.plan.filter.matches_row(info.qualified, img)
+                encode_snapshot_row(info.schema, info.name, pk, row)
+                for row, pk in batch
+                if flt.matches_row(table, exact_loads(row))
             )
         except Exception as exc:
             raise StreamFailure(

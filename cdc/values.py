@@ -68,12 +68,12 @@ class Exact(float):
 
 # One decoder: json.loads with any option builds a new JSONDecoder per call, and this
 # runs for every row image the server reads (profiled: 4 % of a server's CPU).
-_DECODER = json.JSONDecoder(parse_float=Exact)
+DECODER = json.JSONDecoder(parse_float=Exact)
 
 
 def exact_loads(data: bytes | str) -> Any:
     """`json.loads` keeping every fractional number's text (psycopg's json loader)."""
-    return _DECODER.decode(data if isinstance(data, str) else bytes(data).decode("utf-8"))
+    return DECODER.decode(data if isinstance(data, str) else bytes(data).decode("utf-8"))
 
 
 _NAN: NumberKey = (True, 0)

@@ -407,8 +407,9 @@ def test_an_encoding_failure_ends_only_the_streams_that_selected_the_change(
 
 def _change(seq: int, branch: str) -> Change:
     row = {"id": seq, "branch_id": branch}
-    return Change(seq, seq, "1", datetime.now(UTC), "public", "t", "UPDATE", {"id": seq},
-                  row, {"id": seq, "branch_id": "other"}, ["branch_id"], None, None, None,
+    return Change(seq, seq, "1", datetime.now(UTC), "public", "t", "UPDATE",
+                  json.dumps({"id": seq}), json.dumps(row),
+                  json.dumps({"id": seq, "branch_id": "other"}), ["branch_id"], None, None, None,
                   "postgres")  # fmt: skip
 
 

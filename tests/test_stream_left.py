@@ -25,7 +25,8 @@ CATALOG = {
 def update(seq: int, old: dict[str, Any], new: dict[str, Any]) -> Change:
     changed = sorted(k for k in new if new[k] != old.get(k))
     return Change(seq, seq, "7", datetime(2030, 1, 1, tzinfo=UTC), "public", "orders", "UPDATE",
-                  {"id": new["id"]}, new, old, changed, None, None, None, "postgres")  # fmt: skip
+                  json.dumps({"id": new["id"]}), json.dumps(new), json.dumps(old), changed,
+                  None, None, None, "postgres")  # fmt: skip
 
 
 def flt(*columns: tuple[str, str], branch: str | None = None) -> StreamFilter:

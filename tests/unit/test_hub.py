@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -19,8 +20,8 @@ CATALOG = {INFO.qualified: INFO}
 def change(seq: int, status: str = "new", table: str = "orders") -> Change:
     return Change(
         seq=seq, id=seq, txid=str(100 + seq), at=datetime(2026, 1, 1, tzinfo=UTC),
-        schema_name="public", table_name=table, op="INSERT", pk={"id": seq},
-        new_row={"id": seq, "status": status}, old_row=None, changed=None, actor=None,
+        schema_name="public", table_name=table, op="INSERT", pk_json=f'{{"id": {seq}}}',
+        row_json=json.dumps({"id": seq, "status": status}), old_json=None, changed=None, actor=None,
         origin=None, mutation_id=None, db_role="app",
     )  # fmt: skip
 
