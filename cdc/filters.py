@@ -86,6 +86,15 @@ class ColumnFilter:
 
 
 @dataclass(frozen=True)
+class Equality:
+    """A filter's `column=eq.value` on one table: what the hub indexes it by."""
+
+    column: str
+    kind: str
+    key: Any  # values.parse(kind, value): equal to values.of_row of a row holding it
+
+
+@dataclass(frozen=True)
 class StreamFilter:
     """What a subscriber asked for, checked against the catalog and compiled per table."""
 
@@ -104,6 +113,9 @@ class StreamFilter:
     # Pinned: the tables it may read (with their tenant column, or shared), when it
     # subscribed. A TRUNCATE carries no row, so only this says whether it may see one.
     readable: frozenset[str] = frozenset()
+    # Per table with predicates, its first `eq` filter: a row op can match only if its new
+    # or old image holds that value (cdc/hub.py routes changes by it).
+    equalities: Mapping[str, Equality] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -187,19 +199,38 @@ class StreamFilter:
         preds = self.predicates.get(table)
         return preds is not None and all(p(row) for p in preds)
 
-    def selects(self, change: Change) -> bool:
+    def selects(self, change: Change, table: str | None = None) -> bool:
         """`matches` for a change, reading its row images only when a pin or a column
-        filter needs their values: most subscribers never decode a row."""
-        table = table_key(change)
+        filter needs their values: most subscribers never decode a row. `table` is
+        `table_key(change)` when the caller has it already.
+
+        The hot path of fan-out (once per distinct filter and change): an unpinned
+        column filter is checked here with no further calls than its predicates.
+        """
+        if table is None:
+            table = table_key(change)
         op = change.op
         if op == "MESSAGE":
             if self.topics is None or table not in self.topics:
                 return False
         elif op not in self.ops or (self.tables is not None and table not in self.tables):
             return False
-        if self.branch is None and (not self.columns or op == "TRUNCATE"):
+        if self.branch is not None:
+            return self.matches(op, table, change.new_row, change.old_row)
+        if not self.columns or op == "TRUNCATE" or op == "MESSAGE":
             return True
-        return self.matches(op, table, change.new_row, change.old_row)
+        preds = self.predicates.get(table)
+        if preds is None:  # the table lacks a filtered column
+            return False
+        for img in (change.new_row, change.old_row):
+            if img is None:
+                continue
+            for p in preds:
+                if not p(img):
+                    break
+            else:
+                return True
+        return False
 
     def matches(self, op: str, table: str, new: Image | None, old: Image | None) -> bool:
         """Whether a change (or message) passes this filter."""
@@ -349,12 +380,19 @@ def build_filter(
     for flt in parsed:
         if not any(flt.column in info.columns for info in in_scope):
             raise FilterError(f"filter on unknown column {flt.column!r}: no selected table has it")
+    equalities: dict[str, Equality] = {}
     if parsed:
         for info in in_scope:
             if all(f.column in info.columns for f in parsed):
                 predicates[info.qualified] = tuple(
                     _compile(f, info.columns[f.column], info.name) for f in parsed
                 )
+                eq = next((f for f in parsed if f.op == "eq"), None)
+                if eq is not None:
+                    kind = info.columns[eq.column]
+                    equalities[info.qualified] = Equality(
+                        eq.column, kind, values.parse(kind, eq.raw)
+                    )
     shared = frozenset(_known(catalog, shared_tables))
     readable: set[str] = set()
     if branch is not None:
@@ -367,6 +405,7 @@ def build_filter(
     return StreamFilter(
         selected, parse_ops(ops), topic_set, parsed, predicates,
         branch=branch, shared_tables=shared, tenants=tenants, readable=frozenset(readable),
+        equalities=equalities,
     )  # fmt: skip
 
 

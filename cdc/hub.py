@@ -19,14 +19,15 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cdc.errors import StreamFailure
 from cdc.events import encode_change
-from cdc.filters import StreamFilter
+from cdc.filters import StreamFilter, table_key
 from cdc.reader import Change
+from cdc.values import of_row
 
 log = logging.getLogger(__name__)
 
@@ -174,13 +175,12 @@ class Hub:
         if fresh[0].seq != self.last_seq + 1:
             raise RuntimeError(f"gap in the feed: {self.last_seq} then {fresh[0].seq}")
         # Nobody listening (e.g. the leader's process while no stream is open): no encoding.
-        encoded = [(c, _encode(c)) for c in fresh] if self.subscribers else []
-        chunks: dict[tuple[Any, ...], Chunk | StreamFailure | None] = {}
+        encoded = [(c, table_key(c), _encode(c)) for c in fresh] if self.subscribers else []
+        filters = {sub.filter.key: sub.filter for sub in self.subscribers}
+        routed = route(filters, encoded)
+        chunks = {key: _select(flt, routed[key]) for key, flt in filters.items()}
         for sub in list(self.subscribers):
-            key = sub.filter.key
-            if key not in chunks:
-                chunks[key] = _select(sub.filter, encoded)
-            chunk = chunks[key]
+            chunk = chunks[sub.filter.key]
             if isinstance(chunk, StreamFailure):
                 self.failed += 1
                 self.subscribers.discard(sub)
@@ -224,24 +224,80 @@ def _encode(change: Change) -> bytes | None:
         return None
 
 
-def _select(
-    flt: StreamFilter, encoded: list[tuple[Change, bytes | None]]
-) -> Chunk | StreamFailure | None:
+Encoded = tuple[Change, str, bytes | None]  # a change, its table_key, its shared bytes
+_ROW_OPS = frozenset({"INSERT", "UPDATE", "DELETE"})
+
+
+def route(filters: Mapping[Any, StreamFilter], encoded: list[Encoded]) -> dict[Any, list[Encoded]]:
+    """The changes each distinct filter must look at, in seq order.
+
+    A filter with an `eq` column filter is shown only the row changes whose new or
+    old image holds its value, found by one dict lookup per change and indexed
+    column however many such filters there are; every other change (TRUNCATE,
+    MESSAGE) and every other filter sees the whole batch. Routing only prunes:
+    `_select` still applies the whole filter to what it is shown.
+    """
+    routed: dict[Any, list[Encoded]] = {}
+    # table -> (column, kind) -> value key -> filter keys
+    index: dict[str, dict[tuple[str, str], dict[Any, list[Any]]]] = {}
+    indexed: list[Any] = []
+    for key, flt in filters.items():
+        if not flt.equalities:
+            routed[key] = encoded
+            continue
+        indexed.append(key)
+        routed[key] = []
+        for table, eq in flt.equalities.items():
+            by_value = index.setdefault(table, {}).setdefault((eq.column, eq.kind), {})
+            by_value.setdefault(eq.key, []).append(key)
+    if not indexed:
+        return routed
+    for item in encoded:
+        c, table, _ = item
+        if c.op not in _ROW_OPS:
+            for key in indexed:
+                routed[key].append(item)
+            continue
+        columns = index.get(table)
+        if columns is None:  # no indexed filter has predicates on this table: none matches
+            continue
+        try:
+            hits = _hits(c, columns)
+        except Exception:  # a value its kind cannot read: each filter judges (and fails) alone
+            hits = set(indexed)
+        for key in hits:
+            routed[key].append(item)
+    return routed
+
+
+def _hits(c: Change, columns: dict[tuple[str, str], dict[Any, list[Any]]]) -> set[Any]:
+    hits: set[Any] = set()
+    for (column, kind), by_value in columns.items():
+        for img in (c.new_row, c.old_row):
+            if img is not None:
+                value = of_row(kind, img.get(column))
+                if value is not None:
+                    hits.update(by_value.get(value, ()))
+    return hits
+
+
+def _select(flt: StreamFilter, encoded: list[Encoded]) -> Chunk | StreamFailure | None:
     """One filter's chunk of a batch (None: nothing matches), or why it cannot be made.
 
     Never raises: a filter that fails on one change must not stop the feed.
     """
     picked: list[tuple[int, bytes]] = []
-    for c, data in encoded:
+    selects, rewrites = flt.selects, flt.rewrites
+    for c, table, data in encoded:
         try:
-            if not flt.selects(c):
+            if not selects(c, table):
                 continue
         except Exception as exc:
             return _failure(flt, c, "filter_failed", "cannot apply this stream's filters to", exc)
         try:
             if data is None:
                 raise ValueError("the change cannot be encoded as JSON")
-            picked.append((c.seq, _view_bytes(flt, c, data) if flt.rewrites else data))
+            picked.append((c.seq, _view_bytes(flt, c, data) if rewrites else data))
         except Exception as exc:
             return _failure(flt, c, "encode_failed", "cannot encode", exc)
     if not picked:
