@@ -595,13 +595,13 @@ def audit(
             page = list_changes(conn, query)
             shown += len(page.changes)
             emit(page.changes)
-            if page.next is None or not every_page:
+            if page.next_cursor is None or not every_page:
                 break
-            query = replace(query, after=page.next)
+            query = replace(query, after=page.next_cursor)
     if shown == 0 and fmt == "table":
         err.print("no change matches")
-    if page.next is not None:
-        err.print(f"more: add --after {page.next} (or --all)")
+    if page.next_cursor is not None:
+        err.print(f"more: add --after {page.next_cursor} (or --all)")
 
 
 def _audit_params(**options: Any) -> list[tuple[str, str]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
@@ -28,6 +28,7 @@ from api.identity import author_of, branch_pin, confine
 from api.listing import cursor, plan
 from api.models import Resource
 from api.openapi import openapi
+from api.paging import next_page
 from api.push import push
 from api.queries import queries
 from cdc.jsontext import dumps
@@ -142,12 +143,11 @@ async def list_rows(request: Request, res: Resource) -> Response:
     query = listing.query(queries["list_rows"], res.identifier)
     rows = await _read_one(request, lambda conn: _rows(conn, query, listing.params))
     page = rows[: listing.limit]
-    next_url = None
+    params = None
     if len(rows) > listing.limit:
         params = [(k, v) for k, v in request.query_params.multi_items() if k != "after"]
         params.append(("after", cursor(listing.order, tuple(page[-1][1:]))))
-        next_url = f"{request.url.path}?{urlencode(params)}"
-    headers = {"Link": f'<{next_url}>; rel="next"'} if next_url else {}
+    next_url, headers = next_page(request.url.path, params)
     body = dumps({"data": [r[0] for r in page], "next": next_url})
     return Response(body, 200, headers, media_type="application/json")
 

@@ -228,10 +228,10 @@ def walk(conn: psycopg.Connection[Any], p: dict[str, str]) -> list[int]:
         page = list_changes(conn, query)
         assert len(page.changes) <= query.limit
         seqs += [c.seq for c in page.changes]
-        if page.next is None:
+        if page.next_cursor is None:
             return seqs
-        assert len(page.changes) == query.limit and page.next == seqs[-1]
-        query = replace(query, after=page.next)
+        assert len(page.changes) == query.limit and page.next_cursor == seqs[-1]
+        query = replace(query, after=page.next_cursor)
 
 
 def times(conn: psycopg.Connection[Any]) -> dict[str, str]:
@@ -487,7 +487,8 @@ def test_history_and_sync_log_over_http(
             assert resp.status_code == status, (path, resp.text)
             problem_of(resp)
 
-        # Paging by `next_url` (and the Link header) gives the whole filtered log.
+        # Paging by `next`, a URL as in every listing (and the Link header), gives the whole
+        # filtered log; `next_cursor` is the `after` in it, null with `next` on the last page.
         url: str | None = "/api/sync-log?table=uids&limit=2"
         seqs: list[int] = []
         while url is not None:
@@ -495,9 +496,13 @@ def test_history_and_sync_log_over_http(
             assert resp.status_code == 200, resp.text
             page = resp.json()
             seqs += [c["seq"] for c in page["changes"]]
-            url = page.get("next_url")
-            if url is not None:
+            url = page["next"]
+            if url is None:
+                assert page["next_cursor"] is None and "link" not in resp.headers
+            else:
                 assert resp.headers["link"] == f'<{url}>; rel="next"'
+                assert page["next_cursor"] == str(seqs[-1]) and url.startswith("/api/sync-log?")
+                assert f"after={page['next_cursor']}" in url
         with db.connect(story_db[0]) as conn:
             assert seqs == oracle(conn, {"table": "uids"})
 
