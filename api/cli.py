@@ -626,7 +626,7 @@ def _audit_params(**options: Any) -> list[tuple[str, str]]:
 
 def _audit_printer(fmt: str) -> Callable[[list[Any]], None]:
     """Prints one page of changes in `fmt` (the CSV header once, before the first page)."""
-    from api import auditview
+    from api import audittable, auditview
 
     if fmt == "jsonl":
 
@@ -645,7 +645,7 @@ def _audit_printer(fmt: str) -> Callable[[list[Any]], None]:
 
     def table(changes: list[Any]) -> None:
         if changes:
-            out.print(auditview.table(changes))
+            out.print(audittable.table(changes, out.width))
 
     return table
 
