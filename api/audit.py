@@ -1,7 +1,8 @@
 """Audit routes (docs/design.md, HTTP contract: Audit; docs/audit.md).
 
 - `GET /api/sync-log`: sequenced changes filtered by table, op, pk, actor,
-  origin, txid, from/to, paginated by cursor (`after`, `next`, a `Link` header).
+  origin, txid, from/to, paginated by cursor (`after`; `next`, the next page's
+  URL, and `next_cursor`, its `after`; a `Link` header).
 - `GET /api/{resource}/{id}/history`: one row's changes in seq order with
   before/after values per column; 404 when the row never had a change.
 
@@ -14,12 +15,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from api.paging import next_page
 from api.problems import problem
 from cdc.audit import (
     ahistory,
@@ -50,15 +51,14 @@ async def sync_log(request: Request) -> Response:
     query = parse_query(request.query_params.multi_items())  # FilterError, CursorError: 400
     async with state.pool.connection() as conn:
         page = await alist_changes(conn, query)
-    body: dict[str, Any] = {
+    after = page.next_cursor
+    params = None if after is None else replace(query, after=after).to_params().items()
+    next_url, headers = next_page(request.url.path, params)
+    body = {
         "changes": [change_record(c) for c in page.changes],
-        "next": None if page.next is None else str(page.next),
+        "next": next_url,
+        "next_cursor": None if after is None else str(after),  # the `after` in `next`
     }
-    headers = {}
-    if page.next is not None:
-        link = f"{request.url.path}?{urlencode(replace(query, after=page.next).to_params())}"
-        body["next_url"] = link
-        headers["Link"] = f'<{link}>; rel="next"'
     return Response(dumps(body), media_type=JSON, headers=headers)
 
 

@@ -1,4 +1,5 @@
-"""How `pgtide audit` prints: a rich table, JSON lines or CSV; a row's story as a diff.
+"""How `pgtide audit` prints: JSON lines or CSV; a row's story as a diff (the table:
+api/audittable.py).
 
 JSON lines: one object per change with the fields of `GET /api/sync-log`.
 CSV: a header row of the same fields; an empty cell is null, `pk`, `row`,
@@ -22,7 +23,6 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from cdc.audit import HistoryEntry, change_record
@@ -95,7 +95,8 @@ def read_csv_record(row: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def _key_text(pk: Mapping[str, Any] | None) -> str:
+def key_text(pk: Mapping[str, Any] | None) -> str:
+    """A row's key as a person reads it: the bare value of a one-column key, else JSON."""
     if not pk:
         return ""
     if len(pk) == 1:
@@ -103,19 +104,8 @@ def _key_text(pk: Mapping[str, Any] | None) -> str:
     return dumps(pk)
 
 
-def table(changes: list[Change]) -> Table:
-    """The listing as a rich table."""
-    t = Table("seq", "at (UTC)", "table", "op", "pk", "actor", "origin", "changed", "txid")
-    for c in changes:
-        # Text cells: rich would read a plain str as markup (`[/bold]` raises).
-        t.add_row(*(Text(v) for v in (
-            str(c.seq), _utc(c.at), c.table_name, c.op, _key_text(c.pk), c.actor or "",
-            c.origin or "", ", ".join(c.changed or ()), str(c.txid),
-        )))  # fmt: skip
-    return t
-
-
-def _utc(at: datetime) -> str:
+def utc_text(at: datetime) -> str:
+    """`at` in UTC to the millisecond, as the table and the history show it."""
     return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
@@ -126,7 +116,7 @@ def _value(v: Any) -> str:
 def print_history(console: Console, table_name: str, pk: Mapping[str, Any],
                   entries: list[HistoryEntry]) -> None:  # fmt: skip
     """A row's story as a readable diff: + added, ~ changed, - removed."""
-    console.print(Text(f"{table_name} {_key_text(pk)}: {len(entries)} change(s)", style="bold"))
+    console.print(Text(f"{table_name} {key_text(pk)}: {len(entries)} change(s)", style="bold"))
     for e in entries:
         c = e.change
         who = " ".join(
@@ -139,7 +129,7 @@ def print_history(console: Console, table_name: str, pk: Mapping[str, Any],
         )  # fmt: skip
         head = Text()
         head.append(f"\nseq {c.seq}  ", style="cyan")
-        head.append(f"{_utc(c.at)}  ")
+        head.append(f"{utc_text(c.at)}  ")
         head.append(c.op, style="bold")
         head.append(f"  {who}")
         console.print(head)

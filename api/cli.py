@@ -595,13 +595,13 @@ def audit(
             page = list_changes(conn, query)
             shown += len(page.changes)
             emit(page.changes)
-            if page.next is None or not every_page:
+            if page.next_cursor is None or not every_page:
                 break
-            query = replace(query, after=page.next)
+            query = replace(query, after=page.next_cursor)
     if shown == 0 and fmt == "table":
         err.print("no change matches")
-    if page.next is not None:
-        err.print(f"more: add --after {page.next} (or --all)")
+    if page.next_cursor is not None:
+        err.print(f"more: add --after {page.next_cursor} (or --all)")
 
 
 def _audit_params(**options: Any) -> list[tuple[str, str]]:
@@ -626,7 +626,7 @@ def _audit_params(**options: Any) -> list[tuple[str, str]]:
 
 def _audit_printer(fmt: str) -> Callable[[list[Any]], None]:
     """Prints one page of changes in `fmt` (the CSV header once, before the first page)."""
-    from api import auditview
+    from api import audittable, auditview
 
     if fmt == "jsonl":
 
@@ -645,7 +645,7 @@ def _audit_printer(fmt: str) -> Callable[[list[Any]], None]:
 
     def table(changes: list[Any]) -> None:
         if changes:
-            out.print(auditview.table(changes))
+            out.print(audittable.table(changes, out.width))
 
     return table
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +27,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from api import transactions
 from api.apps import Registry
 from api.csvcopy import copy_in, failed_line, with_line
 from api.csvimport import Prepared, prepare
-from api.errors import ApiError, database_error, name_check_columns
+from api.errors import ApiError
 from api.writes import Author, begin
 from cdc import db
 
@@ -52,22 +55,30 @@ def default_actor() -> str:
         return "pgtide-import"
 
 
-async def _write(url: str, res: Any, prepared: Prepared, actor: str, progress: Any) -> str:
+@asynccontextmanager
+async def _connection(url: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     conn = await db.aconnect(url)
     try:
-        try:
-            async with conn.transaction():
-                txid = await begin(conn, Author(actor=actor, origin=ORIGIN))
-                await copy_in(conn, res, prepared, progress)
-            return txid
-        except psycopg.Error as exc:
-            error = database_error(exc)
-            if error is None:
-                raise
-            error = await name_check_columns(conn, exc, error)
-            raise with_line(error, failed_line(exc, prepared)) from exc
+        yield conn
     finally:
         await conn.close()
+
+
+async def _write(url: str, res: Any, prepared: Prepared, actor: str, progress: Any) -> str:
+    """COPY the prepared rows in one write transaction (retried as the HTTP import is)."""
+
+    async def work(conn: psycopg.AsyncConnection[Any]) -> str:
+        txid = await begin(conn, Author(actor=actor, origin=ORIGIN))
+        await copy_in(conn, res, prepared, progress)  # from the start on every attempt
+        return txid
+
+    try:
+        return await transactions.run(lambda: _connection(url), work)
+    except ApiError as error:
+        cause = error.__cause__
+        if cause is None:
+            raise
+        raise with_line(error, failed_line(cause, prepared)) from cause
 
 
 def import_file(

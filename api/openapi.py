@@ -19,6 +19,8 @@ from starlette.responses import JSONResponse, Response
 from api.listing import DEFAULT_LIMIT, MAX_LIMIT
 from api.models import Resource
 from api.push import Mutation, PushRequest
+from cdc.logquery import DEFAULT_LIMIT as LOG_LIMIT
+from cdc.logquery import MAX_LIMIT as LOG_MAX_LIMIT
 
 REF = "#/components/schemas/{model}"
 
@@ -61,6 +63,54 @@ def _envelope(data: dict[str, Any], *, txid: bool) -> dict[str, Any]:
     return {"type": "object", "properties": props, "required": list(props)}
 
 
+# Every listing's `next` is the same kind of thing: the next page's URL (api/paging.py).
+NEXT = {"type": ["string", "null"], "format": "uri-reference",
+        "description": "the URL of the next page, relative to the server (also the `Link` "
+                       "header's rel=next); null on the last page"}  # fmt: skip
+
+
+def _page(items: dict[str, Any], **more: Any) -> dict[str, Any]:
+    props = {**items, "next": NEXT, **more}
+    return {"type": "object", "required": list(props), "properties": props}
+
+
+def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": schema or {"type": "string"}}  # fmt: skip
+
+
+def _audit_paths() -> dict[str, Any]:
+    """`GET /api/sync-log`, the audit listing (docs/audit.md)."""
+    text = {"type": ["string", "null"]}
+    texts = {"type": ["array", "null"], "items": {"type": "string"}}
+    change = {"type": "object", "properties": {
+        "cursor": {"type": "string"}, "seq": {"type": "integer"}, "txid": {"type": "string"},
+        "id": {"type": "integer"}, "at": {"type": "string", "format": "date-time"},
+        "schema": {"type": "string"}, "table": {"type": "string"}, "op": {"type": "string"},
+        "pk": {"type": ["object", "null"]}, "row": {}, "old": {}, "changed": texts,
+        "actor": text, "origin": text, "mutation_id": text, "db_role": {"type": "string"},
+    }}  # fmt: skip
+    change["required"] = list(change["properties"])
+    page = _page({"changes": {"type": "array", "items": change}}, next_cursor={
+        "type": ["string", "null"], "description": "the `after` of `next` (a seq)"})  # fmt: skip
+    parameters = [
+        _query("table", "table names, comma-separated"),
+        _query("op", "insert, update, delete, truncate, message; comma-separated"),
+        _query("pk", "one row's key (bare, or JSON); needs exactly one table"),
+        _query("actor", "who made the change"), _query("origin", "where it came from"),
+        _query("txid", "the writing transaction"),
+        _query("from", "ISO 8601, inclusive"), _query("to", "ISO 8601, exclusive"),
+        _query("after", "a seq: the changes after it (before it with order=desc)"),
+        _query("limit", "changes per page", {"type": "integer", "minimum": 1,
+                                             "maximum": LOG_MAX_LIMIT, "default": LOG_LIMIT}),
+        _query("order", "seq order", {"type": "string", "enum": ["asc", "desc"]}),
+    ]  # fmt: skip
+    return {"/api/sync-log": {"get": {
+        "tags": ["audit"], "summary": "Sequenced changes, filtered, in seq order (audit scope)",
+        "parameters": parameters, "responses": {"200": _json(page), **_problems(400)},
+    }}}  # fmt: skip
+
+
 def _resource_paths(res: Resource) -> dict[str, Any]:
     row = _ref(res.read)
     key_schema: dict[str, Any] = {"type": "string"}
@@ -87,9 +137,7 @@ def _resource_paths(res: Resource) -> dict[str, Any]:
         {"name": "after", "in": "query", "schema": {"type": "string"},
          "description": "the opaque cursor of the `next` link"},
     ]  # fmt: skip
-    page = {"type": "object", "required": ["data", "next"],
-            "properties": {"data": {"type": "array", "items": row},
-                           "next": {"type": ["string", "null"]}}}  # fmt: skip
+    page = _page({"data": {"type": "array", "items": row}})
     written = _json(_envelope(row, txid=True))
     created = _json(_envelope({"oneOf": [row, {"type": "array", "items": row}]}, txid=True))
     body = {"required": True, "content": {"application/json": {"schema": _ref(res.create)}}}
@@ -161,6 +209,7 @@ def document(resources: tuple[Resource, ...]) -> dict[str, Any]:
                 "type": "array", "items": {"type": "object"}}}}),
                 **_problems(400, 413, 415, 422)}}},
     }  # fmt: skip
+    paths.update(_audit_paths())
     for res in resources:
         paths.update(_resource_paths(res))
     return {

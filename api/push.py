@@ -18,6 +18,7 @@ mutation never stops the ones after it. Policies (docs/writes.md):
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -29,16 +30,15 @@ from pydantic_core import to_json
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import references, writes
+from api import references, transactions, writes
 from api.bodies import parse, read_body
-from api.errors import RETRYABLE, ApiError, database_error, invalid, name_check_columns
+from api.errors import ApiError, invalid
 from api.identity import author_of, branch_pin, confine
 from api.models import INT_MAX, Resource, WriteModel
 from api.queries import queries
 from cdc.jsontext import dumps
 
 MAX_MUTATIONS = 1000
-ATTEMPTS = 3
 
 Result = dict[str, Any]
 
@@ -201,66 +201,90 @@ async def _apply(
     sender: str,
     tenants: dict[str, str],
 ) -> Result:
-    """One mutation in its own transaction (retried on deadlock); its result."""
-    for attempt in range(1, ATTEMPTS + 1):
-        result: Result = {}
+    """One mutation in its own transaction on the push's connection; its result.
+
+    Retried on deadlock (api/transactions.py). Only an applied mutation commits: a
+    duplicate, a conflict or a rejection leaves no trace, not even the claim. A
+    refusal by the database is the mutation's `rejected`; the database's own failure
+    (503) ends the push, and resending is safe: applied ones come back `duplicate`.
+    """
+    return await transactions.run(
+        lambda: nullcontext(conn),
+        lambda tx: _mutate(tx, p, req, author, sender, tenants),
+        deleting=p.op == "delete",
+        refused=_rejected,
+        commit=lambda result: result["status"] == "applied",
+    )
+
+
+async def _mutate(
+    conn: psycopg.AsyncConnection[Any],
+    p: Planned,
+    req: PushRequest,
+    author: writes.Author,
+    sender: str,
+    tenants: dict[str, str],
+) -> Result:
+    """Apply one mutation in the caller's transaction: applied, duplicate, conflict, rejected."""
+    txid = await writes.begin(conn, author)
+    duplicate = await _duplicate(conn, p, req, author, sender)
+    if duplicate is not None:
+        return duplicate
+    if p.op != "delete":  # a pinned write references only its branch's rows
         try:
-            async with conn.transaction():
-                txid = await writes.begin(conn, author)
-                cur = await conn.execute(queries["claim_mutation"], {
-                    "sender": sender, "mutation_id": p.m.mutation_id, "client_id": req.client_id,
-                    "resource": p.res.name, "op": p.op,
-                    "row_id": None if p.id is None else str(p.id),
-                })  # fmt: skip
-                if await cur.fetchone() is None:
-                    cur = await conn.execute(
-                        queries["applied_mutation"],
-                        {"sender": sender, "mutation_id": p.m.mutation_id},
-                    )
-                    first = await cur.fetchone()
-                    result = {"status": "duplicate", "txid": first[0] if first else None}
-                    raise psycopg.Rollback()
-                cur = await conn.execute(queries["logged_mutation"], {
-                    "mutation_id": p.m.mutation_id, "actor": author.actor,
-                    "origin": author.origin,
-                })  # fmt: skip
-                logged = await cur.fetchone()
-                if logged is not None:  # applied before its id was forgotten: not again
-                    result = {"status": "duplicate", "txid": logged[0]}
-                    raise psycopg.Rollback()
-                if p.op != "delete":  # a pinned write references only its branch's rows
-                    await references.check(conn, p.res, p.pin, p.values, tenants)
-                decide = _lww if req.policy == "lww" else _by_version
-                result = await decide(conn, p)
-                if result["status"] != "applied":
-                    raise psycopg.Rollback()  # a conflict leaves no trace, not even the claim
-                result["txid"] = txid
-                stored: writes.Stored = result.pop("stored")
-                result["row"] = stored.row
-                if p.m.client_ts is not None:
-                    await conn.execute(queries["set_clock"], {
-                        "table": p.res.name, "id": str(stored.row[p.res.key]),
-                        "client_ts": p.m.client_ts,
-                        "etag": None if p.op == "delete" else stored.tag,
-                        "tenant": None if p.res.tenant is None
-                        else str(stored.row[p.res.tenant]),
-                    })  # fmt: skip
-            return result
+            await references.check(conn, p.res, p.pin, p.values, tenants)
         except ApiError as exc:  # a reference outside the pin's branch: as a missing row
-            return {"status": "rejected", "detail": exc.detail,
-                    "errors": exc.members.get("errors", [])}  # fmt: skip
-        except psycopg.Error as exc:
-            if isinstance(exc, RETRYABLE) and attempt < ATTEMPTS:
-                continue
-            error = database_error(exc, deleting=p.op == "delete")
-            if error is None:
-                raise
-            if error.status == 503:  # the database's failure, not the mutation's: stop here
-                raise error from exc  # resending is safe: applied ones come back duplicate
-            error = await name_check_columns(conn, exc, error)
-            return {"status": "rejected", "detail": error.detail,
-                    "errors": error.members.get("errors", [])}  # fmt: skip
-    raise AssertionError("unreachable")  # the last attempt returns or raises
+            return _rejected(exc)
+    decide = _lww if req.policy == "lww" else _by_version
+    result = await decide(conn, p)
+    if result["status"] == "applied":
+        result["txid"] = txid
+        stored: writes.Stored = result.pop("stored")
+        result["row"] = stored.row
+        if p.m.client_ts is not None:
+            await _set_clock(conn, p, stored)
+    return result
+
+
+async def _duplicate(
+    conn: psycopg.AsyncConnection[Any],
+    p: Planned,
+    req: PushRequest,
+    author: writes.Author,
+    sender: str,
+) -> Result | None:
+    """`duplicate` when the sender applied this mutation id before; else it is claimed now."""
+    cur = await conn.execute(queries["claim_mutation"], {
+        "sender": sender, "mutation_id": p.m.mutation_id, "client_id": req.client_id,
+        "resource": p.res.name, "op": p.op, "row_id": None if p.id is None else str(p.id),
+    })  # fmt: skip
+    if await cur.fetchone() is None:
+        cur = await conn.execute(
+            queries["applied_mutation"], {"sender": sender, "mutation_id": p.m.mutation_id}
+        )
+        first = await cur.fetchone()
+        return {"status": "duplicate", "txid": first[0] if first else None}
+    cur = await conn.execute(queries["logged_mutation"], {
+        "mutation_id": p.m.mutation_id, "actor": author.actor, "origin": author.origin,
+    })  # fmt: skip
+    logged = await cur.fetchone()
+    if logged is not None:  # applied before its id was forgotten: not again
+        return {"status": "duplicate", "txid": logged[0]}
+    return None
+
+
+async def _set_clock(conn: psycopg.AsyncConnection[Any], p: Planned, stored: writes.Stored) -> None:
+    """Keep the pushed client_ts as the row's last write time (lww), with the ETag it left."""
+    assert p.m.client_ts is not None
+    await conn.execute(queries["set_clock"], {
+        "table": p.res.name, "id": str(stored.row[p.res.key]), "client_ts": p.m.client_ts,
+        "etag": None if p.op == "delete" else stored.tag,
+        "tenant": None if p.res.tenant is None else str(stored.row[p.res.tenant]),
+    })  # fmt: skip
+
+
+def _rejected(error: ApiError) -> Result:
+    return {"status": "rejected", "detail": error.detail, "errors": error.members.get("errors", [])}
 
 
 def _conflict(found: writes.Stored | None, detail: str) -> Result:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
@@ -19,20 +19,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import idempotency, references, writes
+from api import idempotency, references, transactions, writes
 from api.bodies import is_array, parse, parse_array, read_body
 from api.csvroute import import_csv, is_csv
-from api.errors import RETRYABLE, ApiError, database_error, name_check_columns
+from api.errors import ApiError, database_error
 from api.idempotency import Reply
 from api.identity import author_of, branch_pin, confine
 from api.listing import cursor, plan
 from api.models import Resource
 from api.openapi import openapi
+from api.paging import next_page
 from api.push import push
 from api.queries import queries
 from cdc.jsontext import dumps
-
-ATTEMPTS = 3  # deadlocks and serialisation failures are retried, then 503
 
 Conn = psycopg.AsyncConnection[Any]
 Work = Callable[[Conn, str], Awaitable[Reply]]
@@ -90,40 +89,29 @@ def _tags(header: str | None) -> list[str] | None:
 
 
 async def _write(request: Request, work: Work, *, body: bytes, deleting: bool = False) -> Response:
-    """Run `work` in one transaction: author and txid first, Idempotency-Key around it."""
+    """Run `work` in one write transaction: author and txid first, Idempotency-Key around it.
+
+    Each attempt (api/transactions.py) takes its own pooled connection, so a retry
+    does not hold one while it waits; refusals are raised as ApiError.
+    """
     state: Any = request.state
     key = idempotency.key_of(request)
     author = author_of(request, mutation_id=key)
     scope = author.actor or ""
     fp = idempotency.fingerprint(request.method, request.url.path, body)
-    for attempt in range(1, ATTEMPTS + 1):
-        async with state.pool.connection() as conn:
-            try:
-                async with conn.transaction():
-                    if key is not None:
-                        stored = await idempotency.claim(
-                            conn, scope, key, fp, state.settings.idempotency_ttl_s
-                        )
-                        if stored is not None:
-                            return stored.response(replayed=True)
-                    txid = await writes.begin(conn, author)
-                    reply = await work(conn, txid)
-                    if key is not None:
-                        await idempotency.remember(conn, scope, key, reply)
-                return reply.response()
-            except (psycopg.Error, writes.RowFailed) as raised:
-                exc = raised.error if isinstance(raised, writes.RowFailed) else raised
-                error = database_error(exc, deleting=deleting)
-                if error is None:
-                    raise
-                if isinstance(exc, RETRYABLE) and attempt < ATTEMPTS:
-                    continue  # nothing was written; the next attempt may pass
-                error = await name_check_columns(conn, exc, error)
-                if isinstance(raised, writes.RowFailed):
-                    error = ApiError(error.status, f"element {raised.index}: {error.detail}",
-                                     index=raised.index, **error.members)  # fmt: skip
-                raise error from exc
-    raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    async def keyed(conn: Conn) -> Response:
+        if key is not None:
+            stored = await idempotency.claim(conn, scope, key, fp, state.settings.idempotency_ttl_s)
+            if stored is not None:
+                return stored.response(replayed=True)
+        txid = await writes.begin(conn, author)
+        reply = await work(conn, txid)
+        if key is not None:
+            await idempotency.remember(conn, scope, key, reply)
+        return reply.response()
+
+    return await transactions.run(state.pool.connection, keyed, deleting=deleting)
 
 
 async def _read_one(request: Request, read: Callable[[Conn], Awaitable[T]]) -> T:
@@ -155,12 +143,11 @@ async def list_rows(request: Request, res: Resource) -> Response:
     query = listing.query(queries["list_rows"], res.identifier)
     rows = await _read_one(request, lambda conn: _rows(conn, query, listing.params))
     page = rows[: listing.limit]
-    next_url = None
+    params = None
     if len(rows) > listing.limit:
         params = [(k, v) for k, v in request.query_params.multi_items() if k != "after"]
         params.append(("after", cursor(listing.order, tuple(page[-1][1:]))))
-        next_url = f"{request.url.path}?{urlencode(params)}"
-    headers = {"Link": f'<{next_url}>; rel="next"'} if next_url else {}
+    next_url, headers = next_page(request.url.path, params)
     body = dumps({"data": [r[0] for r in page], "next": next_url})
     return Response(body, 200, headers, media_type="application/json")
 

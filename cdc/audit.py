@@ -32,10 +32,10 @@ audit_queries = load(Path(__file__).with_name("audit.sql"))
 
 @dataclass(frozen=True)
 class Page:
-    """One page of the listing; `next` is the cursor to pass as `after` for the next one."""
+    """One page of the listing; `next_cursor` is the `after` of the next one (None: the last)."""
 
     changes: list[Change]
-    next: int | None
+    next_cursor: int | None
 
 
 def _key_from_rows(table: str, rows: list[tuple[Any, ...]]) -> Key | None:

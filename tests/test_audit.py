@@ -14,7 +14,10 @@ import contextlib
 import csv
 import io
 import json
+import os
 import random
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -27,6 +30,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from psycopg import errors, sql
+from rich.cells import cell_len
 
 from api.auditview import read_csv_record
 from api.cli import cli
@@ -228,10 +232,10 @@ def walk(conn: psycopg.Connection[Any], p: dict[str, str]) -> list[int]:
         page = list_changes(conn, query)
         assert len(page.changes) <= query.limit
         seqs += [c.seq for c in page.changes]
-        if page.next is None:
+        if page.next_cursor is None:
             return seqs
-        assert len(page.changes) == query.limit and page.next == seqs[-1]
-        query = replace(query, after=page.next)
+        assert len(page.changes) == query.limit and page.next_cursor == seqs[-1]
+        query = replace(query, after=page.next_cursor)
 
 
 def times(conn: psycopg.Connection[Any]) -> dict[str, str]:
@@ -487,7 +491,8 @@ def test_history_and_sync_log_over_http(
             assert resp.status_code == status, (path, resp.text)
             problem_of(resp)
 
-        # Paging by `next_url` (and the Link header) gives the whole filtered log.
+        # Paging by `next`, a URL as in every listing (and the Link header), gives the whole
+        # filtered log; `next_cursor` is the `after` in it, null with `next` on the last page.
         url: str | None = "/api/sync-log?table=uids&limit=2"
         seqs: list[int] = []
         while url is not None:
@@ -495,9 +500,13 @@ def test_history_and_sync_log_over_http(
             assert resp.status_code == 200, resp.text
             page = resp.json()
             seqs += [c["seq"] for c in page["changes"]]
-            url = page.get("next_url")
-            if url is not None:
+            url = page["next"]
+            if url is None:
+                assert page["next_cursor"] is None and "link" not in resp.headers
+            else:
                 assert resp.headers["link"] == f'<{url}>; rel="next"'
+                assert page["next_cursor"] == str(seqs[-1]) and url.startswith("/api/sync-log?")
+                assert f"after={page['next_cursor']}" in url
         with db.connect(story_db[0]) as conn:
             assert seqs == oracle(conn, {"table": "uids"})
 
@@ -584,6 +593,53 @@ def test_cli_history_prints_a_readable_diff(story_db: tuple[str, str]) -> None:
     assert "by carol" in text
     missing = run_cli(url, "audit", "history", "uids", str(uuid.uuid4()))
     assert missing.exit_code == 1 and "no recorded change" in missing.output
+
+
+NARROW = """
+CREATE TABLE purchase_orders (id uuid PRIMARY KEY, status text, quantity int, note text,
+                             distributor text, due date, updated_at timestamptz);
+CREATE TABLE pairs (a int, b text, v text, PRIMARY KEY (a, b));
+SELECT pgtide.track_v1('purchase_orders'), pgtide.track_v1('pairs');
+SELECT set_config('pgtide.actor', 'import-job-for-the-north-region@pharma.example.org', false),
+       set_config('pgtide.origin', 'tablet-3/branch-2/warehouse-east', false);
+"""
+
+
+def test_cli_table_reads_at_80_columns(db_url: str) -> None:
+    """One line per change, none wider than the terminal, the key columns all there."""
+    rid = uuid.uuid4()
+    with db.connect(db_url) as conn:
+        conn.execute(NARROW)
+        conn.execute("INSERT INTO purchase_orders VALUES (%s, 'new', 1, 'x', 'Pharma', "
+                     "'2030-01-01', now())", (rid,))  # fmt: skip
+        conn.execute("UPDATE purchase_orders SET status = 'sent', quantity = 2, note = 'y', "
+                     "distributor = 'Other', due = '2030-02-01', updated_at = now()")  # fmt: skip
+        conn.execute("INSERT INTO pairs VALUES (7, %s, '{\"nested\": [1, 2, 3]}')", ("b" * 60,))
+        conn.execute("DELETE FROM purchase_orders")
+        conn.execute("SELECT pgtide.publish('alerts', '{\"level\": 2}')")
+    sequence_all(db_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGTIDE_")}
+    env |= {"DATABASE_URL": db_url, "COLUMNS": "80", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "api.cli", "audit", "--order", "asc"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert all(cell_len(line) <= 80 for line in lines), result.stdout
+    header, rule, *rows = lines
+    assert set(rule) <= {"━", "┿"}, result.stdout
+    assert header.split() == ["seq", "│", "at", "(UTC)", "│", "table", "│", "op", "│", "pk",
+                              "│", "actor"], result.stdout  # fmt: skip
+    want = [("purchase_orders", "INSERT"), ("purchase_orders", "UPDATE"), ("pairs", "INSERT"),
+            ("purchase_orders", "DELETE"), ("alerts", "MESSAGE")]  # fmt: skip
+    assert len(rows) == len(want), result.stdout  # one line each: nothing wrapped
+    for seq, (row, (table, op)) in enumerate(zip(rows, want, strict=True), start=1):
+        cells = [cell.strip() for cell in row.split("│")]
+        assert cells[0] == str(seq) and cells[2:4] == [table, op], row
+        assert len(cells[1]) == len("2030-01-01 10:00:00"), row  # no milliseconds, no wrap
+    assert str(rid)[:8] + "…" in rows[0] and "import-job" in rows[0]
+    assert '{"a":7,' in rows[2]  # a long JSON key, cut
 
 
 # --- roles -------------------------------------------------------------------------
