@@ -7,22 +7,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
 from cdc import db, tokens
+from tests.auth import make_token
 from tests.live import Server, Stream, problem_of
-
-
-def make_token(url: str, name: str, scopes: str, branch: str | None = None, **kw: Any) -> str:
-    with db.connect(url) as conn:
-        return tokens.create(
-            conn, name=name, scopes=tokens.parse_scopes(scopes), branch_id=branch,
-            expires_in=kw.get("expires_in"), pepper=None,
-        )  # fmt: skip
 
 
 @pytest.fixture

@@ -27,8 +27,8 @@ from playwright.sync_api import Error as PlaywrightError
 from api.app import create_app
 from cdc import db
 from cdc.settings import Settings
+from tests.auth import make_token
 from tests.live import Server
-from tests.test_auth import make_token
 
 CHROMIUM = os.environ.get("PGTIDE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -1,7 +1,7 @@
 """Branch isolation across references: a pinned token never reaches another branch's row
 through a foreign key, an id, a last-write-wins clock or a TRUNCATE (issue 13).
 
-Every test runs against a real server with auth on (the `world` of test_auth_matrix:
+Every test runs against a real server with auth on (the `world` fixture, tests/auth.py:
 branches A and B, a pinned token for each, an admin token).
 """
 
@@ -15,12 +15,12 @@ import httpx
 import pytest
 
 from cdc import db, tracking
+from tests.auth import World
 from tests.live import Stream, problem_of
-from tests.test_auth_matrix import World, world  # noqa: F401 (the fixture)
 
 
 @pytest.fixture
-def w(world: World) -> World:  # noqa: F811 (the fixture imported above)
+def w(world: World) -> World:
     """Branches A and B, a pinned token for each, on a server with auth on."""
     return world
 
