@@ -7,7 +7,9 @@ comes from `X-Pgtide-Origin`. A token pinned to a branch reads and writes only
 rows whose `branch_id` is that branch: other rows answer 404, a body naming
 another branch 403, and tables without `branch_id` are readable only when
 listed in `PGTIDE_PINNED_SHARED_TABLES` and never writable. `branch_id` stands for
-the resource's declared tenant column (api/models.py).
+the resource's declared tenant column (api/models.py). A resource whose tenant column
+is its key holds the branches themselves: a pinned token reads its own branch's row
+there, and writes none (a tablet does not rename or delete its branch).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def branch_pin(request: Request, res: Resource, *, writing: bool) -> Any:
     principal = _principal(request)
     if principal is None or principal.branch_id is None:
         return None
-    if res.tenant is not None:
+    if res.tenant is not None and not (writing and res.tenant == res.key):
         try:
             return res.parse_tenant(principal.branch_id)
         except ValueError:

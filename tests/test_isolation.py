@@ -164,3 +164,28 @@ def test_a_pinned_create_without_the_tenant_column_takes_the_tokens_branch(w: Wo
         assert other.status_code == 403
         put = c.put(f"/api/clients/{made.json()['data']['id']}", json={"full_name": "Renamed"})
         assert put.status_code == 200 and put.json()["data"]["branch_id"] == a
+
+
+def test_a_pinned_token_reads_its_own_branchs_row_and_no_other_and_writes_none(
+    w: World,
+) -> None:
+    a, b = w.branch["A"], w.branch["B"]
+    with _client(w, "A") as c:
+        listed = c.get("/api/branches", params={"code": "in.(A,B)"}).json()["data"]
+        assert [r["id"] for r in listed] == [a]
+        assert c.get(f"/api/branches/{a}").json()["data"]["code"] == "A"
+        assert c.get(f"/api/branches/{b}").status_code == 404
+        stream = Stream(w.server.base, "/events?tables=branches", w.headers("A"))
+        try:
+            refused = [
+                c.patch(f"/api/branches/{a}", json={"name": "Renamed"}).status_code,
+                c.delete(f"/api/branches/{a}").status_code,
+                c.post("/api/branches", json={"code": "C", "name": "C"}).status_code,
+            ]
+            assert refused == [403, 403, 403]
+            with db.connect(w.url) as conn:  # head office renames both branches
+                conn.execute("UPDATE branches SET city = 'Lisboa' WHERE id IN (%s, %s)", (b, a))
+            got = stream.changes(1)
+        finally:
+            stream.close()
+    assert [(e["op"], e["pk"]["id"], e["row"]["city"]) for e in got] == [("UPDATE", a, "Lisboa")]
