@@ -88,23 +88,14 @@ def new_context(browser: Browser) -> BrowserContext:
     return ctx
 
 
-def open_page(
-    ctx: BrowserContext, url: str, token: str, errors: list[str], branch: str | None = None
-) -> Page:
-    """Open a pgtide page, sign in with `token` and wait until its stream is live.
-
-    `branch`: type in the branch id, as the branch app asks for it when a pinned
-    token's branch has no rows yet to tell it.
-    """
+def open_page(ctx: BrowserContext, url: str, token: str, errors: list[str]) -> Page:
+    """Open a pgtide page, sign in with `token` and wait until its stream is live."""
     page = ctx.new_page()
     # A script error fails the test at its end, with the message.
     page.on("pageerror", lambda exc: errors.append(f"{url}: {exc}"))
     page.goto(url)
     page.fill("#token", token)
     page.click("#login button[type=submit]")
-    if branch is not None:
-        page.fill("#branch-id", branch)
-        page.click("#branch-manual button[type=submit]")
     page.wait_for_selector('#status[data-status="live"]')
     return page
 
@@ -193,8 +184,13 @@ def test_offline_branch_app_queues_survives_a_reload_and_writes_exactly_once(
     errors: list[str] = []
     dash_ctx, app_ctx = new_context(browser), new_context(browser)
     dash = open_page(dash_ctx, server.base + "/", admin, errors)
-    # A new branch: no rows tell the app which branch the pinned token has.
-    app = open_page(app_ctx, server.base + "/branch", tablet, errors, branch=branch_ids["A"])
+    # A new branch, with no rows yet: the pinned token reads its own branch's row, and
+    # the app shows its name (not its id) in the header and offers no other branch.
+    app = open_page(app_ctx, server.base + "/branch", tablet, errors)
+    assert app.inner_text("#branch-name") == "Alfama"
+    assert app.eval_on_selector_all("#branch option", "os => os.map(o => o.value)") == [
+        branch_ids["A"]
+    ]
     # The service worker has cached the app's files: the page can reload offline.
     app.wait_for_selector('#offline-ready[data-ready="yes"]')
 
@@ -220,6 +216,7 @@ def test_offline_branch_app_queues_survives_a_reload_and_writes_exactly_once(
     delivery = app.evaluate("performance.getEntriesByType('navigation')[0].deliveryType")
     assert delivery == "cache-storage", "the offline reload must come from the service worker"
     app.wait_for_selector("#pending li >> nth=2")
+    assert app.inner_text("#branch-name") == "Alfama"  # remembered for the tab
     queued = app.eval_on_selector_all(
         "#pending li", "els => els.map(e => ({...e.dataset}))"
     )  # fmt: skip
@@ -273,7 +270,7 @@ def test_a_push_whose_answer_is_lost_is_resent_by_the_next_tab_and_applied_once(
     tablet = make_token(db_url, "tablet-a", "read,write", branch=branch_ids["A"])
     errors: list[str] = []
     ctx = new_context(browser)
-    app = open_page(ctx, server.base + "/branch", tablet, errors, branch=branch_ids["A"])
+    app = open_page(ctx, server.base + "/branch", tablet, errors)
 
     # The server applies the push, but the tab never sees the answer: as if it were
     # closed mid-flush (the connection drops after the request reached the server).
