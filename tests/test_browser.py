@@ -23,6 +23,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
+from psycopg.types.json import Jsonb
 
 from api.app import create_app
 from cdc import db
@@ -397,5 +398,64 @@ def test_dashboard_resumes_after_a_server_restart_and_misses_nothing(
     page.wait_for_selector('#status[data-status="live"]')
     keys = page.eval_on_selector_all("#feed tr", "els => els.map(e => e.dataset.key)")
     assert sorted(keys) == sorted([first, *during]), "each change shows exactly once"
+    assert errors == []
+    ctx.close()
+
+
+# Every element of the detail panel within the viewport and none scrolling sideways
+# (a long value wraps instead of being clipped or widening the panel), nor the feed.
+OVERFLOWS = """() => {
+  const width = document.documentElement.clientWidth;
+  const out = [];
+  for (const e of [document.querySelector('#detail'), ...document.querySelectorAll('#detail *')]) {
+    const box = e.getBoundingClientRect();
+    const name = e.tagName + (e.id ? '#' + e.id : '') + (e.className ? '.' + e.className : '');
+    if (box.right > width + 0.5) out.push(`${name} ends at ${box.right} > ${width}`);
+    if (e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1) {
+      out.push(`${name} scrolls: ${e.scrollWidth} > ${e.clientWidth}`);
+    }
+  }
+  if (document.documentElement.scrollWidth > width) out.push('the page scrolls sideways');
+  const feed = document.querySelector('.feed');  // beside the panel, narrower for it
+  if (feed.scrollWidth > feed.clientWidth) out.push(`the feed scrolls: ${feed.scrollWidth}`);
+  return out;
+}"""
+
+
+def test_a_rows_detail_and_history_wrap_long_values_at_1400_by_900(
+    browser: Browser, server: Server, db_url: str, branch_ids: dict[str, str]
+) -> None:
+    admin = make_token(db_url, "head-office", "admin")
+    errors: list[str] = []
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    ctx.set_default_timeout(WAIT_MS)
+    page = open_page(ctx, server.base + "/", admin, errors)
+
+    unbroken = "x" * 2000  # no space anywhere to break at
+    agreement = {
+        "terms": {"net_days": 30, "note": "y" * 600, "tiers": [{"from": 0, "rebate": "z" * 300}]},
+        "contact": {"url": "https://example.org/" + "path/" * 60},
+    }
+    with db.connect(db_url) as conn:
+        row = conn.execute(
+            "INSERT INTO distributors (branch_id, name, agreement) VALUES (%s, %s, %s) "
+            "RETURNING id::text",
+            (branch_ids["A"], unbroken, Jsonb(agreement)),
+        ).fetchone()
+        assert row is not None
+        agreement["terms"]["note"] = "w" * 700
+        conn.execute(
+            "UPDATE distributors SET name = %s, agreement = %s WHERE id = %s",
+            ("v" * 1500, Jsonb(agreement), row[0]),
+        )
+    key = row[0]
+    page.wait_for_selector(f'#feed tr[data-key="{key}"].op-update').click()
+    page.wait_for_selector("#history ol.history li >> nth=1")
+    assert "v" * 1500 in page.inner_text("#detail-row")
+    shot(page, "dashboard-detail.png")  # before the check, to see what it found
+    page.eval_on_selector("#detail", "e => { e.scrollTop = e.scrollHeight; }")
+    shot(page, "dashboard-history.png")  # the panel scrolled to its last change
+    overflowing: list[str] = page.evaluate(OVERFLOWS)
+    assert not overflowing, "\n".join(overflowing)
     assert errors == []
     ctx.close()
