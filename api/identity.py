@@ -62,15 +62,16 @@ def branch_pin(request: Request, res: Resource, *, writing: bool) -> Any:
     principal = _principal(request)
     if principal is None or principal.branch_id is None:
         return None
+    state: Any = request.state
+    # Shared first, as the stream does (cdc/filters.py): every row, also of `branches`.
+    if not writing and res.name in state.settings.pinned_shared_tables:
+        return None
     if res.tenant is not None and not (writing and res.tenant == res.key):
         try:
             return res.parse_tenant(principal.branch_id)
         except ValueError:
             raise ApiError(403, f"this token's branch pin is no {res.tenant} of "
                                 f"{res.name}") from None  # fmt: skip
-    state: Any = request.state
-    if not writing and res.name in state.settings.pinned_shared_tables:
-        return None
     what = "written" if writing else "read"
     raise ApiError(403, f"{res.name} cannot be {what} with a branch-pinned token")
 

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from cdc import db, tracking
-from tests.auth import World
-from tests.live import Stream, problem_of
+from tests.auth import World, make_token
+from tests.live import Server, Stream, problem_of
 
 
 @pytest.fixture
@@ -189,3 +189,27 @@ def test_a_pinned_token_reads_its_own_branchs_row_and_no_other_and_writes_none(
         finally:
             stream.close()
     assert [(e["op"], e["pk"]["id"], e["row"]["city"]) for e in got] == [("UPDATE", a, "Lisboa")]
+
+
+def test_branches_listed_as_shared_are_all_readable_on_the_api_and_the_stream(
+    db_url: str,
+) -> None:
+    with db.connect(db_url) as conn:
+        rows = conn.execute(
+            "INSERT INTO branches (code, name) VALUES ('A', 'A'), ('B', 'B') RETURNING id::text"
+        ).fetchall()
+    both = sorted(r[0] for r in rows)
+    make_token(db_url, "bootstrap", "admin")
+    pin = {"Authorization": f"Bearer {make_token(db_url, 'tablet', 'read', both[0])}"}
+    srv = Server(db_url, auth=True, env={"PGTIDE_PINNED_SHARED_TABLES": "branches"}).start()
+    try:
+        listed = httpx.get(f"{srv.base}/api/branches", headers=pin, timeout=10)
+        assert sorted(r["id"] for r in listed.json()["data"]) == both
+        snap = Stream(srv.base, "/events?tables=branches&snapshot=true", pin)
+        assert sorted(r["pk"]["id"] for r in snap.until("synced")) == both
+        snap.close()
+        renamed = httpx.patch(f"{srv.base}/api/branches/{both[1]}", json={"name": "X"},
+                              headers=pin, timeout=10)  # fmt: skip
+        assert renamed.status_code == 403  # shared is read only
+    finally:
+        srv.stop()
