@@ -214,7 +214,9 @@ def create_app(
                 "registry": Registry(served),
             }
         finally:
-            streams.stop_all()  # ends open streams, in every phase, so shutdown does not wait
+            # uvicorn runs this after the open responses ended (api/stream.py ends them
+            # at its first signal); stopping what is left covers any other server.
+            streams.stop_all()
             for sub in list(hub.subscribers):
                 hub.unsubscribe(sub)
             for t in side:

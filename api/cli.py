@@ -277,7 +277,9 @@ def serve(
                 "--scope read,write`, or set PGTIDE_BOOTSTRAP_TOKEN_FILE, or run `pgtide demo`, "
                 "or pass --insecure-no-auth"
             )
-    _serve(url, settings, host, port, workers)
+    from api.server import serve as run_server
+
+    run_server(url, settings, host, port, workers)
 
 
 def _read_secret(path: Path) -> str:
@@ -304,28 +306,6 @@ def _prepare_database(url: str, no_migrate: bool, app_refs: Sequence[str] = ()) 
     if report.applied:
         log.info("applied migrations: %s", ", ".join(report.applied))
     return report
-
-
-def _serve(url: str, settings: Settings, host: str | None, port: int | None, workers: int) -> None:
-    import uvicorn
-
-    from api.app import create_app
-
-    bind_host = settings.host if host is None else host
-    bind_port = settings.port if port is None else port
-    # log_config=None: uvicorn's records go through the logging set up by `cli`;
-    # access_log=False: api.logs.RequestLog writes the one line per request.
-    if workers > 1:
-        # Worker processes build their own app from the environment: hand them the
-        # resolved URL (the embedded server's, when DATABASE_URL was unset).
-        os.environ["DATABASE_URL"] = url
-        uvicorn.run(
-            "api.app:app_from_env", factory=True, workers=workers,
-            host=bind_host, port=bind_port, log_config=None, access_log=False,
-        )  # fmt: skip
-    else:
-        app = create_app(settings, database_url=url)
-        uvicorn.run(app, host=bind_host, port=bind_port, log_config=None, access_log=False)
 
 
 @cli.command()
@@ -481,7 +461,9 @@ def demo(host: str | None, port: int | None) -> None:
     )
     out.print(f"Dashboard: {base}/   Branch app: {base}/branch   (paste a token)", markup=False)
     out.print(f"Health: {base}/health   Metrics: {base}/metrics\n", markup=False)
-    _serve(url, settings, host, port, workers=1)
+    from api.server import serve as run_server
+
+    run_server(url, settings, host, port, workers=1)
 
 
 @cli.group()

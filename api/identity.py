@@ -7,7 +7,9 @@ comes from `X-Pgtide-Origin`. A token pinned to a branch reads and writes only
 rows whose `branch_id` is that branch: other rows answer 404, a body naming
 another branch 403, and tables without `branch_id` are readable only when
 listed in `PGTIDE_PINNED_SHARED_TABLES` and never writable. `branch_id` stands for
-the resource's declared tenant column (api/models.py).
+the resource's declared tenant column (api/models.py). A resource whose tenant column
+is its key holds the branches themselves: a pinned token reads its own branch's row
+there, and writes none (a tablet does not rename or delete its branch).
 """
 
 from __future__ import annotations
@@ -60,15 +62,16 @@ def branch_pin(request: Request, res: Resource, *, writing: bool) -> Any:
     principal = _principal(request)
     if principal is None or principal.branch_id is None:
         return None
-    if res.tenant is not None:
+    state: Any = request.state
+    # Shared first, as the stream does (cdc/filters.py): every row, also of `branches`.
+    if not writing and res.name in state.settings.pinned_shared_tables:
+        return None
+    if res.tenant is not None and not (writing and res.tenant == res.key):
         try:
             return res.parse_tenant(principal.branch_id)
         except ValueError:
             raise ApiError(403, f"this token's branch pin is no {res.tenant} of "
                                 f"{res.name}") from None  # fmt: skip
-    state: Any = request.state
-    if not writing and res.name in state.settings.pinned_shared_tables:
-        return None
     what = "written" if writing else "read"
     raise ApiError(403, f"{res.name} cannot be {what} with a branch-pinned token")
 

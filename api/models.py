@@ -14,7 +14,8 @@ What differs between tables is declared per resource, never assumed:
 - `version`: an integer column the table raises on every write (ETag `"<version>"`);
   without one, the ETag is a hash of the row image, equally strong;
 - `tenant`: the column a branch-pinned token is confined to (its pin compared as
-  that column's type); without one, pinned tokens may not write the resource;
+  that column's type); without one, pinned tokens may not write the resource; the
+  key itself for the table of branches (a pinned token reads its own row, writes none);
 - `server_set`: columns the table fills itself (timestamps, counters), read-only.
 """
 
@@ -148,7 +149,9 @@ class Resource:
                     "the model"
                 )
         tenant_kind: type = str
-        if self.tenant is not None:
+        if self.tenant is not None and self.tenant == self.key:
+            tenant_kind = key_kind  # the table of branches: a branch's tenant is its key
+        elif self.tenant is not None:
             if self.tenant not in fields:
                 raise DeclarationError(
                     f"resource {self.name}: the tenant column {self.tenant!r} must be a field"

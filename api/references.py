@@ -11,8 +11,10 @@ reference to another branch's row gets exactly the 422 a reference to a missing 
 gets (`missing_reference`), naming the field: its existence is not revealed.
 
 The referenced table's tenant column is the one its resource declares, else the
-writing resource's (`branch_id`); tables without it (`branches`) are not checked (the
-pinned token's own tenant column is set by the pin).
+writing resource's (`branch_id`); tables without it are not checked. Nor is the key
+from the writing resource's tenant column to the table whose key is the tenant
+(`clients.branch_id` onto `branches.id`): the pin set that column, so the row it
+references is the pin's own.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ async def tenant_keys(
     out = []
     for name, columns, schema, table, referenced, parent_columns in await cur.fetchall():
         tenant = tenants.get(f"{schema}.{table}", res.tenant)
-        if tenant is not None and tenant in (parent_columns or ()):
+        own = tuple(columns) == (res.tenant,) and tuple(referenced) == (tenant,)
+        if tenant is not None and tenant in (parent_columns or ()) and not own:
             out.append(ForeignKey(name, tuple(columns), sql.Identifier(schema, table),
                                   tuple(referenced), tenant))  # fmt: skip
     return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from sse_starlette import EventSourceResponse
@@ -96,7 +96,33 @@ async def _open(request: Request, ticket: Ticket) -> Response:
         ping=HEARTBEAT_S,
         headers={"Cache-Control": "no-store"},
         send_timeout=30,
+        # Shutdown ends the stream as revocation does: `retry:`, then the response
+        # completes, so the client reconnects elsewhere and uvicorn sees no cut response.
+        shutdown_event=cast(anyio.Event, _StopOnShutdown(ticket)),
+        shutdown_grace_period=STOP_GRACE_S,
     )
+
+
+class _StopOnShutdown:
+    """Stands for sse-starlette's `shutdown_event`: setting it stops the stream's ticket.
+
+    When the server begins to shut down (uvicorn's `should_exit`), sse-starlette sets
+    the response's shutdown event, waits up to its grace for the response to end by
+    itself, and only then cancels it. Its default (no event, no grace) cancels at
+    once: the client gets a truncated chunked body and uvicorn logs "ASGI callable
+    returned without completing response". sse-starlette only ever calls `set()`, and
+    an object with that one method costs a stream less than an `anyio.Event` and a
+    task to watch it.
+    """
+
+    __slots__ = ("ticket",)
+
+    def __init__(self, ticket: Ticket) -> None:
+        self.ticket = ticket
+
+    def set(self) -> None:
+        """The server is shutting down: end the stream with `retry:`."""
+        self.ticket.stop()
 
 
 class _TicketedStream(EventSourceResponse):

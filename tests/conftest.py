@@ -15,12 +15,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
+from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from api.apps import load_app
 from cdc import db, embedded
 from cdc.migrate import migrate
+from tests.auth import World, world_on
+from tests.workload import WORKLOAD_SETUP
 
 
 def with_dbname(url: str, dbname: str) -> str:
@@ -33,8 +35,8 @@ def with_dbname(url: str, dbname: str) -> str:
 def drop_database(server_url: str, name: str) -> None:
     """Drop a test database, closing whatever is still connected to it."""
     with psycopg.connect(server_url, autocommit=True) as conn:
-        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-        conn.execute(drop.format(sql.Identifier(name)))
+        drop = pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+        conn.execute(drop.format(pgsql.Identifier(name)))
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +110,7 @@ def template_db(server_url: str) -> Iterator[str]:
     """A database with the engine and the shipped app, migrated once, cloned by every test."""
     name = f"pgtide_tpl_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
     migrate(with_dbname(server_url, name), [load_app("dynapharm").install()])
     yield name
     drop_database(server_url, name)
@@ -123,8 +125,8 @@ def db_url(server_url: str, template_db: str) -> Iterator[str]:
     """
     name = f"pgtide_t_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
-        create = sql.SQL("CREATE DATABASE {} TEMPLATE {}")
-        conn.execute(create.format(sql.Identifier(name), sql.Identifier(template_db)))
+        create = pgsql.SQL("CREATE DATABASE {} TEMPLATE {}")
+        conn.execute(create.format(pgsql.Identifier(name), pgsql.Identifier(template_db)))
     yield with_dbname(server_url, name)
     drop_database(server_url, name)
 
@@ -134,6 +136,28 @@ def conn(db_url: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to the test's database."""
     with db.connect(db_url) as c:
         yield c
+
+
+@pytest.fixture
+def workload_db(db_url: str) -> str:
+    """The test's database with the ordering workload's tables (tests/workload.py)."""
+    with db.connect(db_url) as c:
+        c.execute(WORKLOAD_SETUP.encode())
+    return db_url
+
+
+@pytest.fixture
+def sql(workload_db: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the workload's database."""
+    with db.connect(workload_db) as c:
+        yield c
+
+
+@pytest.fixture
+def world(db_url: str) -> Iterator[World]:
+    """A server with auth on, branches A and B, and a token of every kind (tests/auth.py)."""
+    with world_on(db_url) as w:
+        yield w
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any
 
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse
@@ -74,10 +74,11 @@ class Server:
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30) -> Server:
+    def start(self, timeout: float = 30, stderr: IO[bytes] | None = None) -> Server:
+        """Start it and wait until it is ready; its stderr goes to `stderr` if given."""
         cmd = [sys.executable, "-m", "api.cli", "serve", "--no-migrate", "--port", str(self.port)]
         cmd += self.args
-        self.proc = subprocess.Popen(cmd, env=self.env, cwd=self.cwd)
+        self.proc = subprocess.Popen(cmd, env=self.env, cwd=self.cwd, stderr=stderr)
         self.wait_ready(timeout)
         return self
 

@@ -9,7 +9,6 @@ the time filters cross many seals.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import csv
 import io
@@ -38,13 +37,11 @@ from cdc import db
 from cdc.audit import change_record, history, list_changes, parse_query
 from cdc.errors import CursorError, FilterError
 from cdc.jsontext import dumps
-from cdc.sequencer import Sequencer
-from cdc.settings import Settings
 from cdc.timespec import parse_duration, parse_since
+from tests.auth import make_token
 from tests.conftest import drop_database, with_dbname
 from tests.live import Server, problem_of
-from tests.test_auth import make_token
-from tests.test_sequencer import running, wait_sequenced
+from tests.sequencing import sequence_all
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,22 +56,6 @@ SELECT pgtide.track_v1('ints'), pgtide.track_v1('uids'), pgtide.track_v1('texts'
 ACTORS = ["alice", "bob", "carol", "dave", "erin", "frank", None]
 ORIGINS = ["branch-1", "branch-2", "branch-3", "api", None]
 LONG_ID = 100_000  # the ints row the long transaction writes
-
-
-def sequence_all(url: str, batch_rows: int = 25) -> None:
-    """Run a sequencer until every committed change is sequenced (small batches: many seals)."""
-
-    async def go() -> None:
-        async with running(Sequencer(url, Settings(batch_rows=batch_rows))):
-            with db.connect(url) as conn:
-                row = conn.execute(
-                    "SELECT count(*) FROM pgtide.sync_log l "
-                    "WHERE pg_xact_status(l.txid) = 'committed'"
-                ).fetchone()
-            assert row is not None
-            await wait_sequenced(url, int(row[0]))
-
-    asyncio.run(asyncio.wait_for(go(), 60))
 
 
 class Writer:

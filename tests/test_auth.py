@@ -7,22 +7,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
-from cdc import db, tokens
+from cdc import db, tokens, tracking
+from tests.auth import make_token
 from tests.live import Server, Stream, problem_of
-
-
-def make_token(url: str, name: str, scopes: str, branch: str | None = None, **kw: Any) -> str:
-    with db.connect(url) as conn:
-        return tokens.create(
-            conn, name=name, scopes=tokens.parse_scopes(scopes), branch_id=branch,
-            expires_in=kw.get("expires_in"), pepper=None,
-        )  # fmt: skip
 
 
 @pytest.fixture
@@ -129,8 +121,15 @@ def test_a_pinned_token_sees_only_its_branch_on_the_stream_whatever_it_asks(
     rows = snap.until("synced")
     snap.close()
     assert [r["pk"]["id"] for r in rows] == [a_row]
-    # Branches has no branch_id and is not shared: not readable when pinned.
-    r = httpx.get(f"{server.base}/events?tables=branches", headers=auth, timeout=5)
+    # Of branches (whose tenant is its id) it gets its own branch's row alone.
+    snap = Stream(server.base, "/events?tables=branches&snapshot=true", auth)
+    assert [r["pk"]["id"] for r in snap.until("synced")] == [a]
+    snap.close()
+    # A table without a tenant column, not shared: not readable when pinned.
+    with db.connect(db_url) as conn:
+        conn.execute("CREATE TABLE hq_notes (id int PRIMARY KEY, body text)")
+        tracking.track(conn, "hq_notes")
+    r = httpx.get(f"{server.base}/events?tables=hq_notes", headers=auth, timeout=5)
     assert r.status_code == 400 and "branch-pinned" in problem_of(r)["detail"]
 
     s = Stream(server.base, "/events?tables=clients", auth)

@@ -9,23 +9,19 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import httpx
-import pytest
 
 from api.auth import CACHE_S
 from cdc import db, tokens
+from tests.auth import World
 from tests.live import Server, Stream
-from tests.test_ordering import wait_until_sequenced
+from tests.sequencing import wait_until_sequenced
 
 KINDS = ["none", "bad", "expired", "revoked", "read", "write", "audit", "admin", "A", "B"]
-SCOPES = {
-    "expired": "read,write,audit", "revoked": "admin", "read": "read", "write": "write",
-    "audit": "audit", "admin": "admin", "A": "read,write", "B": "read,write",
-}  # fmt: skip
 
 
 def row(*codes: int) -> dict[str, int]:
@@ -52,98 +48,51 @@ EXPECTED: dict[str, dict[str, int]] = {
 }  # fmt: skip
 
 
-class World:
-    """A server with auth on, two branches, and a token of every kind."""
-
-    def __init__(self, url: str, server: Server, branch: dict[str, str], tok: dict[str, str]):
-        self.url, self.server, self.branch, self.tok = url, server, branch, tok
-
-    def headers(self, kind: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.tok[kind]}"} if kind in self.tok else {}
-
-    def new_client(self, branch: str = "A", name: str = "Ann") -> str:
-        with db.connect(self.url) as conn:
-            row = conn.execute(
-                "INSERT INTO clients (branch_id, full_name) VALUES (%s, %s) RETURNING id::text",
-                (self.branch[branch], name),
-            ).fetchone()
-        assert row is not None
-        return str(row[0])
-
-    def request(self, kind: str, route: str) -> int:
-        base, h = self.server.base, self.headers(kind)
-        a = self.branch["A"]
-        with httpx.Client(base_url=base, headers=h, timeout=10) as c:
-            if route == "GET /health":
-                return c.get("/health").status_code
-            if route == "GET /openapi.json":
-                return c.get("/openapi.json").status_code
-            if route == "GET /events":
-                with c.stream("GET", "/events") as r:
-                    return r.status_code
-            if route == "GET list":
-                return c.get("/api/clients").status_code
-            if route == "POST one":
-                return c.post("/api/clients", json={"branch_id": a, "full_name": "New"}).status_code
-            if route == "POST push":
-                body = {"policy": "version", "mutations": [{
-                    "mutation_id": str(uuid.uuid4()), "resource": "clients", "op": "insert",
-                    "id": str(uuid.uuid4()), "data": {"branch_id": a, "full_name": "Pushed"},
-                }]}  # fmt: skip
-                return c.post("/api/sync/push", json=body).status_code
-            if route == "GET sync-log":
-                return c.get("/api/sync-log").status_code
-            cid = self.new_client()
-            if route == "GET one":
-                return c.get(f"/api/clients/{cid}").status_code
-            if route == "GET history":
-                wait_until_sequenced(self.url, timeout=10)  # history reads sequenced changes
-                return c.get(f"/api/clients/{cid}/history").status_code
-            if route == "PATCH one":
-                return c.patch(f"/api/clients/{cid}", json={"notes": "x"}).status_code
-            if route == "PUT one":
-                body = {"branch_id": a, "full_name": "Put"}
-                return c.put(f"/api/clients/{cid}", json=body).status_code
-            if route == "DELETE one":
-                return c.delete(f"/api/clients/{cid}").status_code
-        raise AssertionError(route)
-
-
-def make(url: str, name: str, scopes: str, branch: str | None = None) -> str:
-    with db.connect(url) as conn:
-        return tokens.create(
-            conn, name=name, scopes=tokens.parse_scopes(scopes), branch_id=branch,
-            expires_in=None, pepper=None,
-        )  # fmt: skip
-
-
-@pytest.fixture
-def world(db_url: str) -> Iterator[World]:
-    with db.connect(db_url) as conn:
-        rows = conn.execute(
-            "INSERT INTO branches (code, name) VALUES ('A', 'A'), ('B', 'B') "
-            "RETURNING code, id::text"
-        ).fetchall()
-    branch = {r[0]: r[1] for r in rows}
-    tok = {"bad": "pgt_" + "x" * 43}
-    for kind, scopes in SCOPES.items():
-        tok[kind] = make(db_url, f"t-{kind}", scopes, branch.get(kind))
-    with db.connect(db_url) as conn:
-        conn.execute(
-            "UPDATE pgtide.sync_tokens SET expires_at = now() - interval '1s' "
-            "WHERE name = 't-expired'"
-        )
-        tokens.revoke(conn, "t-revoked")
-    srv = Server(db_url, auth=True).start()
-    yield World(db_url, srv, branch, tok)
-    srv.stop()
+def status_of(w: World, kind: str, route: str) -> int:
+    """The status `route` answers a request with a token of `kind` (a fresh row of A's)."""
+    base, h = w.server.base, w.headers(kind)
+    a = w.branch["A"]
+    with httpx.Client(base_url=base, headers=h, timeout=10) as c:
+        if route == "GET /health":
+            return c.get("/health").status_code
+        if route == "GET /openapi.json":
+            return c.get("/openapi.json").status_code
+        if route == "GET /events":
+            with c.stream("GET", "/events") as r:
+                return r.status_code
+        if route == "GET list":
+            return c.get("/api/clients").status_code
+        if route == "POST one":
+            return c.post("/api/clients", json={"branch_id": a, "full_name": "New"}).status_code
+        if route == "POST push":
+            body = {"policy": "version", "mutations": [{
+                "mutation_id": str(uuid.uuid4()), "resource": "clients", "op": "insert",
+                "id": str(uuid.uuid4()), "data": {"branch_id": a, "full_name": "Pushed"},
+            }]}  # fmt: skip
+            return c.post("/api/sync/push", json=body).status_code
+        if route == "GET sync-log":
+            return c.get("/api/sync-log").status_code
+        cid = w.new_client()
+        if route == "GET one":
+            return c.get(f"/api/clients/{cid}").status_code
+        if route == "GET history":
+            wait_until_sequenced(w.url, timeout=10)  # history reads sequenced changes
+            return c.get(f"/api/clients/{cid}/history").status_code
+        if route == "PATCH one":
+            return c.patch(f"/api/clients/{cid}", json={"notes": "x"}).status_code
+        if route == "PUT one":
+            body = {"branch_id": a, "full_name": "Put"}
+            return c.put(f"/api/clients/{cid}", json=body).status_code
+        if route == "DELETE one":
+            return c.delete(f"/api/clients/{cid}").status_code
+    raise AssertionError(route)
 
 
 def test_every_route_and_token_kind_gets_the_right_status(world: World) -> None:
     wrong = []
     for route, per_kind in EXPECTED.items():
         for kind in KINDS:
-            got = world.request(kind, route)
+            got = status_of(world, kind, route)
             if got != per_kind[kind]:
                 wrong.append(f"{route} as {kind}: {got}, expected {per_kind[kind]}")
     assert not wrong, "\n".join(wrong)

@@ -23,12 +23,13 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
+from psycopg.types.json import Jsonb
 
 from api.app import create_app
 from cdc import db
 from cdc.settings import Settings
+from tests.auth import make_token
 from tests.live import Server
-from tests.test_auth import make_token
 
 CHROMIUM = os.environ.get("PGTIDE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -88,23 +89,14 @@ def new_context(browser: Browser) -> BrowserContext:
     return ctx
 
 
-def open_page(
-    ctx: BrowserContext, url: str, token: str, errors: list[str], branch: str | None = None
-) -> Page:
-    """Open a pgtide page, sign in with `token` and wait until its stream is live.
-
-    `branch`: type in the branch id, as the branch app asks for it when a pinned
-    token's branch has no rows yet to tell it.
-    """
+def open_page(ctx: BrowserContext, url: str, token: str, errors: list[str]) -> Page:
+    """Open a pgtide page, sign in with `token` and wait until its stream is live."""
     page = ctx.new_page()
     # A script error fails the test at its end, with the message.
     page.on("pageerror", lambda exc: errors.append(f"{url}: {exc}"))
     page.goto(url)
     page.fill("#token", token)
     page.click("#login button[type=submit]")
-    if branch is not None:
-        page.fill("#branch-id", branch)
-        page.click("#branch-manual button[type=submit]")
     page.wait_for_selector('#status[data-status="live"]')
     return page
 
@@ -193,8 +185,13 @@ def test_offline_branch_app_queues_survives_a_reload_and_writes_exactly_once(
     errors: list[str] = []
     dash_ctx, app_ctx = new_context(browser), new_context(browser)
     dash = open_page(dash_ctx, server.base + "/", admin, errors)
-    # A new branch: no rows tell the app which branch the pinned token has.
-    app = open_page(app_ctx, server.base + "/branch", tablet, errors, branch=branch_ids["A"])
+    # A new branch, with no rows yet: the pinned token reads its own branch's row, and
+    # the app shows its name (not its id) in the header and offers no other branch.
+    app = open_page(app_ctx, server.base + "/branch", tablet, errors)
+    assert app.inner_text("#branch-name") == "Alfama"
+    assert app.eval_on_selector_all("#branch option", "os => os.map(o => o.value)") == [
+        branch_ids["A"]
+    ]
     # The service worker has cached the app's files: the page can reload offline.
     app.wait_for_selector('#offline-ready[data-ready="yes"]')
 
@@ -220,6 +217,7 @@ def test_offline_branch_app_queues_survives_a_reload_and_writes_exactly_once(
     delivery = app.evaluate("performance.getEntriesByType('navigation')[0].deliveryType")
     assert delivery == "cache-storage", "the offline reload must come from the service worker"
     app.wait_for_selector("#pending li >> nth=2")
+    assert app.inner_text("#branch-name") == "Alfama"  # remembered for the tab
     queued = app.eval_on_selector_all(
         "#pending li", "els => els.map(e => ({...e.dataset}))"
     )  # fmt: skip
@@ -273,7 +271,7 @@ def test_a_push_whose_answer_is_lost_is_resent_by_the_next_tab_and_applied_once(
     tablet = make_token(db_url, "tablet-a", "read,write", branch=branch_ids["A"])
     errors: list[str] = []
     ctx = new_context(browser)
-    app = open_page(ctx, server.base + "/branch", tablet, errors, branch=branch_ids["A"])
+    app = open_page(ctx, server.base + "/branch", tablet, errors)
 
     # The server applies the push, but the tab never sees the answer: as if it were
     # closed mid-flush (the connection drops after the request reached the server).
@@ -400,5 +398,64 @@ def test_dashboard_resumes_after_a_server_restart_and_misses_nothing(
     page.wait_for_selector('#status[data-status="live"]')
     keys = page.eval_on_selector_all("#feed tr", "els => els.map(e => e.dataset.key)")
     assert sorted(keys) == sorted([first, *during]), "each change shows exactly once"
+    assert errors == []
+    ctx.close()
+
+
+# Every element of the detail panel within the viewport and none scrolling sideways
+# (a long value wraps instead of being clipped or widening the panel), nor the feed.
+OVERFLOWS = """() => {
+  const width = document.documentElement.clientWidth;
+  const out = [];
+  for (const e of [document.querySelector('#detail'), ...document.querySelectorAll('#detail *')]) {
+    const box = e.getBoundingClientRect();
+    const name = e.tagName + (e.id ? '#' + e.id : '') + (e.className ? '.' + e.className : '');
+    if (box.right > width + 0.5) out.push(`${name} ends at ${box.right} > ${width}`);
+    if (e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1) {
+      out.push(`${name} scrolls: ${e.scrollWidth} > ${e.clientWidth}`);
+    }
+  }
+  if (document.documentElement.scrollWidth > width) out.push('the page scrolls sideways');
+  const feed = document.querySelector('.feed');  // beside the panel, narrower for it
+  if (feed.scrollWidth > feed.clientWidth) out.push(`the feed scrolls: ${feed.scrollWidth}`);
+  return out;
+}"""
+
+
+def test_a_rows_detail_and_history_wrap_long_values_at_1400_by_900(
+    browser: Browser, server: Server, db_url: str, branch_ids: dict[str, str]
+) -> None:
+    admin = make_token(db_url, "head-office", "admin")
+    errors: list[str] = []
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    ctx.set_default_timeout(WAIT_MS)
+    page = open_page(ctx, server.base + "/", admin, errors)
+
+    unbroken = "x" * 2000  # no space anywhere to break at
+    agreement = {
+        "terms": {"net_days": 30, "note": "y" * 600, "tiers": [{"from": 0, "rebate": "z" * 300}]},
+        "contact": {"url": "https://example.org/" + "path/" * 60},
+    }
+    with db.connect(db_url) as conn:
+        row = conn.execute(
+            "INSERT INTO distributors (branch_id, name, agreement) VALUES (%s, %s, %s) "
+            "RETURNING id::text",
+            (branch_ids["A"], unbroken, Jsonb(agreement)),
+        ).fetchone()
+        assert row is not None
+        agreement["terms"]["note"] = "w" * 700
+        conn.execute(
+            "UPDATE distributors SET name = %s, agreement = %s WHERE id = %s",
+            ("v" * 1500, Jsonb(agreement), row[0]),
+        )
+    key = row[0]
+    page.wait_for_selector(f'#feed tr[data-key="{key}"].op-update').click()
+    page.wait_for_selector("#history ol.history li >> nth=1")
+    assert "v" * 1500 in page.inner_text("#detail-row")
+    shot(page, "dashboard-detail.png")  # before the check, to see what it found
+    page.eval_on_selector("#detail", "e => { e.scrollTop = e.scrollHeight; }")
+    shot(page, "dashboard-history.png")  # the panel scrolled to its last change
+    overflowing: list[str] = page.evaluate(OVERFLOWS)
+    assert not overflowing, "\n".join(overflowing)
     assert errors == []
     ctx.close()

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,9 +18,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.commands import ROOT, assert_one_line_error, env_for, pgtide
 from tests.conftest import with_dbname
+from tests.live import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = [
     "migrate",
     "track",
@@ -35,42 +34,6 @@ COMMANDS = [
     "relay",
 ]
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/x"
-
-
-def env_for(database_url: str | None, **extra: str) -> dict[str, str]:
-    """The environment of a pgtide subprocess: this one, with pgtide's variables replaced."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PGTIDE_")}
-    env.pop("DATABASE_URL", None)
-    if database_url is not None:
-        env["DATABASE_URL"] = database_url
-    # Run this checkout's code even where the package is not installed.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env | extra
-
-
-def pgtide(
-    *args: str, database_url: str | None, cwd: Path | None = None, **extra: str
-) -> subprocess.CompletedProcess[str]:
-    """Run `pgtide ARGS` to completion."""
-    return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args],
-        env=env_for(database_url, **extra),
-        cwd=cwd or ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
-    """A failed command: exit 1, one line on stderr naming the problem, no traceback."""
-    assert result.returncode == 1, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0]
 
 
 @pytest.fixture
@@ -235,13 +198,6 @@ def test_db_url_echoes_database_url(db_url: str) -> None:
     result = pgtide("db-url", database_url=db_url)
     assert result.returncode == 0, result.stderr
     assert result.stdout == db_url + "\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class LineReader:

@@ -31,9 +31,9 @@ from pgtide_client import (
     subscribe,
 )
 from pgtide_client.replica import pk_key
+from tests.faults import metric
 from tests.live import Server
 from tests.proxy import Proxy
-from tests.test_stream_faults import metric
 
 FILTER = {"k": "eq.in"}
 

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from cdc import db, tokens
+from tests.commands import assert_one_line_error, pgtide
 from tests.live import Server, problem_of
-from tests.test_cli import assert_one_line_error, pgtide
 from tests.writing import Api, new_id
 
 # The log table, named once: the engine's tables may move to their own schema.

@@ -29,18 +29,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from cdc import db
-from tests.live import Server, Stream
-from tests.replica import table_contents, tracked_pk_columns
-from tests.test_ordering import SETUP, Workload
-from tests.test_stream_faults import (
+from tests.faults import (
     ALL,
     FAST,
     FIN,
     LOW_IDS,
     Event,
     Sub,
-    Writers,
     assert_exactly,
     assert_replica,
     assert_rows_in_true_order,
@@ -50,23 +45,13 @@ from tests.test_stream_faults import (
     low_ids,
     publish_marker,
 )
+from tests.live import Server, Stream
+from tests.replica import table_contents, tracked_pk_columns
+from tests.workload import Workload, Writers
 
 pytestmark = pytest.mark.slow
 
 TABLES = ["hot", "cold", "scratch"]
-
-
-@pytest.fixture
-def workload_db(db_url: str) -> Iterator[str]:
-    with db.connect(db_url) as conn:
-        conn.execute(SETUP.encode())
-    yield db_url
-
-
-@pytest.fixture
-def sql(workload_db: str) -> Iterator[psycopg.Connection[Any]]:
-    with db.connect(workload_db) as conn:
-        yield conn
 
 
 @pytest.fixture

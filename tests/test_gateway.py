@@ -18,6 +18,19 @@ import psycopg
 import pytest
 
 from cdc.broker import offset_of
+from tests.faults import (
+    ALL,
+    FAST,
+    LOW_IDS,
+    Sub,
+    assert_exactly,
+    assert_replica,
+    check,
+    every,
+    logged,
+    low_ids,
+    publish_marker,
+)
 from tests.live import Server
 from tests.natsserver import (
     NatsServer,
@@ -28,26 +41,9 @@ from tests.natsserver import (
     stream_info,
     wait_for,
 )
-from tests.test_ordering import Workload
-from tests.test_stream_faults import (
-    ALL,
-    FAST,
-    LOW_IDS,
-    Sub,
-    Writers,
-    assert_exactly,
-    assert_replica,
-    check,
-    every,
-    logged,
-    low_ids,
-    publish_marker,
-    sql,
-    workload_db,
-)
+from tests.workload import Workload, Writers
 
 pytestmark = pytest.mark.slow
-__all__ = ["sql", "workload_db"]  # fixtures shared with the stream fault tests
 
 
 @pytest.fixture

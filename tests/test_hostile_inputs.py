@@ -20,7 +20,7 @@ import pytest
 from api.auditview import read_csv_record
 from cdc import db
 from tests.live import Server, Stream, problem_of
-from tests.test_audit import sequence_all
+from tests.sequencing import sequence_all
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,7 +1,7 @@
 """Branch isolation across references: a pinned token never reaches another branch's row
 through a foreign key, an id, a last-write-wins clock or a TRUNCATE (issue 13).
 
-Every test runs against a real server with auth on (the `world` of test_auth_matrix:
+Every test runs against a real server with auth on (the `world` fixture, tests/auth.py:
 branches A and B, a pinned token for each, an admin token).
 """
 
@@ -15,12 +15,12 @@ import httpx
 import pytest
 
 from cdc import db, tracking
-from tests.live import Stream, problem_of
-from tests.test_auth_matrix import World, world  # noqa: F401 (the fixture)
+from tests.auth import World, make_token
+from tests.live import Server, Stream, problem_of
 
 
 @pytest.fixture
-def w(world: World) -> World:  # noqa: F811 (the fixture imported above)
+def w(world: World) -> World:
     """Branches A and B, a pinned token for each, on a server with auth on."""
     return world
 
@@ -164,3 +164,52 @@ def test_a_pinned_create_without_the_tenant_column_takes_the_tokens_branch(w: Wo
         assert other.status_code == 403
         put = c.put(f"/api/clients/{made.json()['data']['id']}", json={"full_name": "Renamed"})
         assert put.status_code == 200 and put.json()["data"]["branch_id"] == a
+
+
+def test_a_pinned_token_reads_its_own_branchs_row_and_no_other_and_writes_none(
+    w: World,
+) -> None:
+    a, b = w.branch["A"], w.branch["B"]
+    with _client(w, "A") as c:
+        listed = c.get("/api/branches", params={"code": "in.(A,B)"}).json()["data"]
+        assert [r["id"] for r in listed] == [a]
+        assert c.get(f"/api/branches/{a}").json()["data"]["code"] == "A"
+        assert c.get(f"/api/branches/{b}").status_code == 404
+        stream = Stream(w.server.base, "/events?tables=branches", w.headers("A"))
+        try:
+            refused = [
+                c.patch(f"/api/branches/{a}", json={"name": "Renamed"}).status_code,
+                c.delete(f"/api/branches/{a}").status_code,
+                c.post("/api/branches", json={"code": "C", "name": "C"}).status_code,
+            ]
+            assert refused == [403, 403, 403]
+            with db.connect(w.url) as conn:  # head office renames both branches
+                conn.execute("UPDATE branches SET city = 'Lisboa' WHERE id IN (%s, %s)", (b, a))
+            got = stream.changes(1)
+        finally:
+            stream.close()
+    assert [(e["op"], e["pk"]["id"], e["row"]["city"]) for e in got] == [("UPDATE", a, "Lisboa")]
+
+
+def test_branches_listed_as_shared_are_all_readable_on_the_api_and_the_stream(
+    db_url: str,
+) -> None:
+    with db.connect(db_url) as conn:
+        rows = conn.execute(
+            "INSERT INTO branches (code, name) VALUES ('A', 'A'), ('B', 'B') RETURNING id::text"
+        ).fetchall()
+    both = sorted(r[0] for r in rows)
+    make_token(db_url, "bootstrap", "admin")
+    pin = {"Authorization": f"Bearer {make_token(db_url, 'tablet', 'read', both[0])}"}
+    srv = Server(db_url, auth=True, env={"PGTIDE_PINNED_SHARED_TABLES": "branches"}).start()
+    try:
+        listed = httpx.get(f"{srv.base}/api/branches", headers=pin, timeout=10)
+        assert sorted(r["id"] for r in listed.json()["data"]) == both
+        snap = Stream(srv.base, "/events?tables=branches&snapshot=true", pin)
+        assert sorted(r["pk"]["id"] for r in snap.until("synced")) == both
+        snap.close()
+        renamed = httpx.patch(f"{srv.base}/api/branches/{both[1]}", json={"name": "X"},
+                              headers=pin, timeout=10)  # fmt: skip
+        assert renamed.status_code == 403  # shared is read only
+    finally:
+        srv.stop()

@@ -14,13 +14,13 @@ import pytest
 
 from api.auth import CACHE_S, UNKNOWN_BURST, Principal, TokenCache
 from api.ratelimit import Buckets
+from tests.auth import make_token
 from tests.live import Server, problem_of
-from tests.test_auth_matrix import make
 
 
 @pytest.fixture
 def two_tokens(db_url: str) -> tuple[str, str]:
-    return make(db_url, "greedy", "read"), make(db_url, "patient", "read")
+    return make_token(db_url, "greedy", "read"), make_token(db_url, "patient", "read")
 
 
 def test_one_token_past_its_rate_gets_429_and_others_go_on(
@@ -61,7 +61,7 @@ def test_without_auth_the_limit_is_per_client_address(db_url: str) -> None:
 
 @pytest.fixture
 def auth_server(db_url: str) -> Iterator[tuple[Server, str]]:
-    token = make(db_url, "reader", "read")
+    token = make_token(db_url, "reader", "read")
     srv = Server(db_url, auth=True).start()
     yield srv, token
     srv.stop()

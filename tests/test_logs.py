@@ -11,13 +11,11 @@ import io
 import json
 import logging
 import shutil
-import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import psycopg
@@ -35,11 +33,10 @@ class LoggedServer(Server):
         super().__init__(url, **kw)
         self.log_path = log_path
 
-    def start(self, timeout: float = 30) -> LoggedServer:
-        cmd = [sys.executable, "-m", "api.cli", "serve", "--no-migrate", "--port", str(self.port)]
+    def start(self, timeout: float = 30, stderr: IO[bytes] | None = None) -> LoggedServer:
+        """Start it with stderr to `log_path` (whatever `stderr` says)."""
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen([*cmd, *self.args], env=self.env, stderr=log)
-        self.wait_ready(timeout)
+            super().start(timeout, stderr=log)
         return self
 
     def lines(self) -> list[dict[str, Any]]:

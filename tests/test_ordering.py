@@ -16,14 +16,11 @@ the replica's current row) equals every table.
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import defaultdict
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -31,27 +28,14 @@ import pytest
 
 from cdc import db
 from tests.replica import Replica, table_contents, tracked_pk_columns
+from tests.sequencing import wait_until_sequenced
+from tests.workload import HOT_ROWS, Workload
 
 pytestmark = pytest.mark.slow
 
-HOT_ROWS = 4
-COLD_ROWS = 80
 WRITERS = 8
-TXNS_PER_WRITER = 45
 LONG_TXNS = 3
 BURN_LIMIT = 3_000_000  # xids we are willing to burn to reach a power of ten
-
-SETUP = """
-CREATE TABLE hot (id int PRIMARY KEY, val int NOT NULL, hist int[] NOT NULL DEFAULT '{}');
-CREATE TABLE cold (id int PRIMARY KEY, val int NOT NULL, note text);
-CREATE TABLE scratch (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, n int NOT NULL);
-SELECT pgtide.track_v1('hot'), pgtide.track_v1('cold'), pgtide.track_v1('scratch');
-INSERT INTO hot (id, val) SELECT g, 0 FROM generate_series(1, 4) g;
-CREATE PROCEDURE burn_xids(n int) LANGUAGE plpgsql AS $$
-BEGIN
-    FOR i IN 1..n LOOP PERFORM pg_current_xact_id(); COMMIT; END LOOP;
-END $$;
-"""
 
 
 class Sequencers:
@@ -103,126 +87,6 @@ def burn_to_power_of_ten(conn: psycopg.Connection[Any], ahead: int) -> int | Non
         conn.execute("CALL burn_xids(%s)", (step,))
         need -= step
     return boundary
-
-
-class Workload:
-    """Writers and long transactions; records what was rolled back."""
-
-    def __init__(self, url: str, seed: int) -> None:
-        self.url = url
-        self.seed = seed
-        self.aborted: set[str] = set()
-        self.committed: set[str] = set()
-        self.errors: list[BaseException] = []
-        self.lock = threading.Lock()
-        self.labels = iter(range(1, 10**9))
-
-    def next_label(self) -> int:
-        with self.lock:
-            return next(self.labels)
-
-    def writer(self, wid: int) -> None:
-        rng = random.Random(self.seed * 1000 + wid)
-        try:
-            with psycopg.connect(self.url) as conn:
-                for _ in range(TXNS_PER_WRITER):
-                    self.transaction(conn, rng, self.next_label())
-        except BaseException as exc:  # surfaced by the test
-            self.errors.append(exc)
-
-    def transaction(self, conn: psycopg.Connection[Any], rng: random.Random, label: int) -> None:
-        tag = str(label)
-        try:
-            conn.execute("SELECT set_config('pgtide.mutation_id', %s, true)", (tag,))
-            if rng.random() < 0.6:
-                conn.execute("SELECT pg_current_xact_id()")  # take the xid early...
-            time.sleep(rng.uniform(0, 0.008))  # ...and commit late, out of xid order
-            for _ in range(rng.randint(1, 3)):
-                self.operation(conn, rng, label)
-            time.sleep(rng.uniform(0, 0.008))
-            if rng.random() < 0.1:
-                conn.rollback()
-                with self.lock:
-                    self.aborted.add(tag)
-                return
-            conn.commit()
-            with self.lock:
-                self.committed.add(tag)
-        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
-            conn.rollback()
-            with self.lock:
-                self.aborted.add(tag)
-
-    def operation(self, conn: psycopg.Connection[Any], rng: random.Random, label: int) -> None:
-        r = rng.random()
-        if r < 0.45:
-            conn.execute(
-                "UPDATE hot SET val = val + 1, hist = hist || %s WHERE id = %s",
-                (label, rng.randint(1, HOT_ROWS)),
-            )
-        elif r < 0.75:
-            conn.execute(
-                """INSERT INTO cold (id, val, note) VALUES (%s, %s, %s)
-                   ON CONFLICT (id) DO UPDATE SET val = EXCLUDED.val, note = EXCLUDED.note""",
-                (rng.randint(1, COLD_ROWS), label, f"w{label}"),
-            )
-        elif r < 0.85:
-            conn.execute("DELETE FROM cold WHERE id = %s", (rng.randint(1, COLD_ROWS),))
-        elif r < 0.95:
-            # A rolled-back savepoint: its rows must vanish, the rest of the txn stays.
-            conn.execute("SAVEPOINT sp")
-            conn.execute("INSERT INTO scratch (n) VALUES (%s)", (-label,))
-            conn.execute("ROLLBACK TO SAVEPOINT sp")
-            conn.execute("INSERT INTO scratch (n) VALUES (%s)", (label,))
-        elif r < 0.98:
-            conn.execute("INSERT INTO scratch (n) VALUES (%s)", (label,))
-        else:
-            conn.execute("TRUNCATE scratch")
-
-    def long_transaction(self, index: int) -> None:
-        rng = random.Random(self.seed * 7 + index)
-        label = self.next_label()
-        try:
-            with psycopg.connect(self.url) as conn:
-                conn.execute("SELECT set_config('pgtide.mutation_id', %s, true)", (str(label),))
-                conn.execute("SELECT pg_current_xact_id()")
-                conn.execute(
-                    "INSERT INTO cold (id, val, note) VALUES (%s, %s, 'long') "
-                    "ON CONFLICT (id) DO UPDATE SET val = EXCLUDED.val, note = 'long'",
-                    (COLD_ROWS + 1 + index, label),
-                )
-                time.sleep(rng.uniform(1.0, 2.5))  # held open while younger ones commit
-                conn.commit()
-                with self.lock:
-                    self.committed.add(str(label))
-        except BaseException as exc:
-            self.errors.append(exc)
-
-
-def wait_until_sequenced(url: str, timeout: float) -> None:
-    """Block until every logged change has a seq, woken by the sequencer's batch NOTIFY."""
-    deadline = time.monotonic() + timeout
-    with db.connect(url) as conn:
-        conn.execute("LISTEN pgtide_sequenced")
-        while True:
-            row = conn.execute(
-                "SELECT (SELECT count(*) FROM pgtide.sync_log), "
-                "(SELECT count(*) FROM pgtide.sync_order)"
-            ).fetchone()
-            assert row is not None
-            if row[0] == row[1]:
-                return
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"not sequenced in time: {row[1]} of {row[0]}"
-            for _ in conn.notifies(timeout=min(remaining, 1.0), stop_after=1):
-                pass
-
-
-@pytest.fixture
-def workload_db(db_url: str) -> Iterator[str]:
-    with db.connect(db_url) as conn:
-        conn.execute(SETUP.encode())
-    yield db_url
 
 
 def test_every_committed_change_gets_one_dense_seq_in_true_order(workload_db: str) -> None:

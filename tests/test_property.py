@@ -41,9 +41,9 @@ from psycopg import sql
 
 from cdc import db
 from tests.conftest import drop_database, with_dbname
+from tests.faults import FAST, FIN, Event, assert_exactly, logged, publish_marker
 from tests.live import Server, Stream
 from tests.replica import Replica, key_of, table_contents, tracked_pk_columns
-from tests.test_stream_faults import FAST, FIN, Event, assert_exactly, logged, publish_marker
 
 pytestmark = pytest.mark.slow
 

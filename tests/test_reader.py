@@ -9,7 +9,7 @@ from cdc import db, reader
 from cdc.cursor import Cursor
 from cdc.sequencer import Sequencer
 from cdc.settings import Settings
-from tests.test_sequencer import wait_sequenced
+from tests.sequencing import wait_sequenced
 
 
 def test_read_after_returns_changes_in_seq_order_with_limit(db_url: str) -> None:

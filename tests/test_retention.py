@@ -21,7 +21,7 @@ from cdc import db
 from cdc.retention import RETENTION_LOCK_KEY, RetentionReport, run_retention
 from cdc.seal import verify
 from tests.live import Server, Stream
-from tests.test_audit import sequence_all
+from tests.sequencing import sequence_all
 
 KEEP = timedelta(days=30)
 OLD = 12

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import psycopg
 import pytest
@@ -14,6 +14,7 @@ from cdc import db, reader
 from cdc.cursor import Cursor
 from cdc.sequencer import LostLeadership, Mode, Sequencer
 from cdc.settings import Settings
+from tests.sequencing import counts, running, wait_sequenced
 
 T = TypeVar("T")
 
@@ -32,40 +33,6 @@ def url(db_url: str) -> str:
     with db.connect(db_url) as conn:
         conn.execute(SETUP)
     return db_url
-
-
-@contextlib.asynccontextmanager
-async def running(seq: Sequencer) -> AsyncIterator[Sequencer]:
-    task = asyncio.create_task(seq.run())
-    try:
-        await asyncio.wait_for(seq.leading.wait(), 10)
-        yield seq
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def counts(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int]:
-    cur = await conn.execute(
-        "SELECT (SELECT count(*) FROM pgtide.sync_log), (SELECT count(*) FROM pgtide.sync_order)"
-    )
-    row = await cur.fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
-
-
-async def wait_sequenced(url: str, n: int, timeout: float = 20) -> None:
-    """Wait, woken by the per-batch NOTIFY, until pgtide.sync_order has `n` rows."""
-    async with await db.aconnect(url) as conn:
-        await conn.execute("LISTEN pgtide_sequenced")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while (await counts(conn))[1] < n:
-            remaining = deadline - loop.time()
-            assert remaining > 0, f"only {(await counts(conn))[1]} of {n} sequenced"
-            async for _ in conn.notifies(timeout=min(remaining, 1.0), stop_after=1):
-                pass
 
 
 def test_long_open_transaction_does_not_hold_back_others(url: str) -> None:

@@ -20,18 +20,11 @@ import psycopg
 import pytest
 
 from cdc import db, tokens
+from tests.auth import make_token
 from tests.live import Server, problem_of
 
 ROWS = 20_000  # ~1.1 KiB events each: 22 MiB of catch-up
 MiB = 1024 * 1024
-
-
-def make_token(url: str, name: str, scopes: str = "read") -> str:
-    with db.connect(url) as conn:
-        return tokens.create(
-            conn, name=name, scopes=tokens.parse_scopes(scopes), branch_id=None,
-            expires_in=None, pepper=None,
-        )  # fmt: skip
 
 
 def fill(conn: psycopg.Connection[Any], rows: int = ROWS) -> int:

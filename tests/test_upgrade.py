@@ -27,7 +27,7 @@ from cdc.migrate import migrate
 from cdc.seal import verify
 from tests.conftest import drop_database, with_dbname
 from tests.live import Server, Stream
-from tests.test_audit import sequence_all
+from tests.sequencing import sequence_all
 
 LEGACY = Path(__file__).with_name("legacy_schema")
 ENGINE_TABLES = {

@@ -25,7 +25,7 @@ from cdc.migrate import migrate, schema_dir, yoyo_url
 from cdc.queries import queries
 from cdc.seal import verify
 from tests.conftest import drop_database, with_dbname
-from tests.test_audit import sequence_all
+from tests.sequencing import sequence_all
 
 SETUP = """
 CREATE TABLE t (id int PRIMARY KEY, v text);

@@ -688,11 +688,17 @@ def test_a_branch_pinned_token_reads_and_writes_only_its_branch(
         (http.delete(f"/api/clients/{cb}", headers=pin), 404),
         (http.post("/api/branches", json={"code": "NOPE", "name": "N"}, headers=pin), 403),
         (http.patch(f"/api/branches/{a}", json={"city": "X"}, headers=pin), 403),
-        (http.get("/api/branches", headers=pin), 403),
+        (http.delete(f"/api/branches/{a}", headers=pin), 403),
+        (http.get(f"/api/branches/{b}", headers=pin), 404),
     ]  # fmt: skip
     assert [r.status_code for r, _ in refused] == [s for _, s in refused]
     assert all(set(r.json()) == {"type", "title", "status", "detail", "code"} for r, _ in refused)
     assert api.checksum() == before
+
+    # Its own branch's row it reads (the branch app shows its name), and no other.
+    branches = http.get("/api/branches", headers=pin).json()["data"]
+    assert [(r["id"], r["code"]) for r in branches] == [(a, "PIN-A")]
+    assert http.get(f"/api/branches/{a}", headers=pin).json()["data"]["name"] == "PIN-A"
 
     listed = http.get("/api/clients", params={"branch_id": f"in.({a},{b})"}, headers=pin)
     assert {c["branch_id"] for c in listed.json()["data"]} == {a}

@@ -10,7 +10,7 @@ const TABLES = ['clients', 'appointments', 'stock_requests', 'products'];
 let outbox = null;
 let replica = null;
 let queue = []; // the Outbox's records, as last reported
-let branch = null; // {id, label}
+let branch = null; // {id, label, name}
 let renderQueued = false;
 let queueChanged = false;
 
@@ -48,6 +48,7 @@ function showNetwork() {
 
 async function start(tok) {
   branch = await chooseBranch();
+  showBranch(branch);
   outbox = new Outbox({
     base: BASE,
     token: tok,
@@ -70,9 +71,10 @@ async function start(tok) {
 // --- branch ------------------------------------------------------------------
 
 /**
- * Which branch this app writes for. A token pinned to a branch cannot list
- * branches (403): its rows tell which branch it has, and a branch without rows
- * yet is typed in. Remembered for the tab, so an offline reload still knows it.
+ * Which branch this app writes for. A token pinned to a branch lists only its own
+ * branch's row. Where an app lets a pinned token read no branch (403), its rows
+ * tell which branch it has, and a branch without rows yet is typed in. Remembered
+ * for the tab, so an offline reload still knows it.
  */
 async function chooseBranch() {
   const stored = JSON.parse(sessionStorage.getItem(BRANCH_KEY) || 'null');
@@ -80,7 +82,7 @@ async function chooseBranch() {
   const r = await api('/api/branches?limit=500&order=code');
   let options = [];
   if (r.ok) {
-    options = r.body.data.map((b) => ({ id: b.id, label: `${b.code} · ${b.name}` }));
+    options = r.body.data.map((b) => ({ id: b.id, label: `${b.code} · ${b.name}`, name: b.name }));
   } else if (r.status === 401) {
     refuse(r.body.detail);
     return null;
@@ -107,6 +109,16 @@ async function chooseBranch() {
     location.reload(); // the stream and pick lists follow one branch
   });
   return remember(chosen);
+}
+
+/** The branch's name in the header bar (and the tab's title), once it is known. */
+function showBranch(b) {
+  const node = $('#branch-name');
+  node.hidden = !b;
+  if (!b) return;
+  node.textContent = b.name || b.label;
+  node.title = b.label;
+  document.title = `${b.name || b.label} · pgtide branch app`;
 }
 
 function remember(b) {

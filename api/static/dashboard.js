@@ -107,7 +107,9 @@ function show(ev) {
   el('td', { class: 'time', title: ev.at }, clock(ev.at)),
   el('td', {}, el('span', { class: `op op-${ev.op.toLowerCase()}` }, ev.op)),
   el('td', {}, ev.table),
-  el('td', { class: 'key', title: key }, key),
+  // The key in a block of its own: a cell's max-width does not bound the table's
+  // minimum width, a block's does, so a long key is cut with … instead of widening it.
+  el('td', { class: 'key', title: key }, el('span', {}, key)),
   el('td', { class: 'changed' }, (ev.changed || []).join(', ')),
   el('td', {}, ev.actor || ''),
   el('td', {}, ev.origin || ''));

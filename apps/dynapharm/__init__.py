@@ -2,8 +2,10 @@
 
 Seven resources (branches, clients, appointments, orders, stock requests,
 distributors, products), each a table in `public` with a client-choosable uuid
-`id`, a `version` raised on every write, `created_at`/`updated_at`, and (but for
-branches) the tenant column `branch_id` that branch-pinned tokens are confined to.
+`id`, a `version` raised on every write, `created_at`/`updated_at`, and the tenant
+column `branch_id` that branch-pinned tokens are confined to. A branch's tenant is its
+`id`: a pinned token reads its own branch's row (its name, for the branch app), and
+writes no branch.
 Install it with `pgtide migrate --app dynapharm` (or PGTIDE_APPS=dynapharm).
 """
 
@@ -39,7 +41,7 @@ def branch_of(conn: psycopg.Connection[Any], value: str) -> str | None:
 app = App(
     name="dynapharm",
     resources=(
-        _resource("branches", models.Branch, None),
+        _resource("branches", models.Branch, "id"),
         _resource("clients", models.Client, "branch_id"),
         _resource("appointments", models.Appointment, "branch_id"),
         _resource("orders", models.Order, "branch_id"),
