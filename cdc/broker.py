@@ -76,7 +76,7 @@ class StreamPosition:
     messages: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BrokerChange(Change):
     """A change read from the stream; `wire` is its JSON as published (cdc/events.py)."""
 
@@ -114,8 +114,8 @@ def decode_change(body: bytes) -> BrokerChange:
         head["schema"], head["table"], head["op"], pk, row, old,
         tail["changed"], tail["actor"], tail["origin"], tail["mutation_id"], "",
     )  # fmt: skip
-    object.__setattr__(c, "wire", body)  # frozen: set once, here
-    object.__setattr__(c, "_decoded", {k: v for k, v in decoded.items() if v is not None})
+    c.wire = body
+    c._decoded = {k: v for k, v in decoded.items() if v is not None}
     return c
 
 

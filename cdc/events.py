@@ -7,6 +7,7 @@ sees it) whose `id:` is the cursor. Control events are named (`synced`,
 
 from __future__ import annotations
 
+from datetime import datetime
 from http import HTTPStatus
 from json.encoder import encode_basestring
 from typing import Any
@@ -49,6 +50,35 @@ def _text(value: str | None) -> str:
     return "null" if value is None else encode_basestring(value)
 
 
+# The last `at` formatted: changes of one transaction share it (its start time), and
+# datetime.isoformat is the dearest part of an event's JSON (2.4 µs of 5.2).
+_last_at: tuple[datetime | None, str] = (None, "")
+
+
+def _iso(at: datetime) -> str:
+    global _last_at
+    last, text = _last_at
+    # Equal instants in other zones print differently: the zone must match as well.
+    if last is None or at != last or at.tzinfo != last.tzinfo:
+        text = at.isoformat()
+        _last_at = (at, text)
+    return text
+
+
+# `"schema":…,"table":…,"op":…` per (schema, table, op): a few hundred at most.
+_WHERE: dict[tuple[str, str, str], str] = {}
+
+
+def _where(schema: str, table: str, op: str) -> str:
+    key = (schema, table, op)
+    text = _WHERE.get(key)
+    if text is None:
+        if len(_WHERE) > 10_000:  # topics of MESSAGEs are the caller's: keep it bounded
+            _WHERE.clear()
+        text = _WHERE[key] = f'"schema":{_text(schema)},"table":{_text(table)},"op":{_text(op)}'
+    return text
+
+
 def change_json(c: Change) -> str:
     """The event's JSON: compact fields in a fixed order, the row images as PostgreSQL printed
     them (`pk_json`, `row_json`, `old_json`), so every path that frames a change (live,
@@ -58,8 +88,8 @@ def change_json(c: Change) -> str:
     left = ',"left":true' if c.left else ""
     return (
         f'{{"cursor":"{c.seq}","seq":{c.seq},"txid":{_text(c.txid)},"id":{c.id},'
-        f'"at":"{c.at.isoformat()}","schema":{_text(c.schema_name)},'
-        f'"table":{_text(c.table_name)},"op":{_text(c.op)},"pk":{c.pk_json or "null"},'
+        f'"at":"{_iso(c.at)}",{_where(c.schema_name, c.table_name, c.op)},'
+        f'"pk":{c.pk_json or "null"},'
         f'"row":{c.row_json or "null"},"old":{c.old_json or "null"},"changed":{changed},'
         f'"actor":{_text(c.actor)},"origin":{_text(c.origin)},'
         f'"mutation_id":{_text(c.mutation_id)}{left}}}'

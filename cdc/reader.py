@@ -15,7 +15,10 @@ from cdc.queries import queries
 from cdc.values import exact_loads
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__,
+# 3.9 µs per change against 0.5 µs (catch-up builds one per row). Never mutated after
+# it is made, except the decode cache; views make new ones (dataclasses.replace).
+@dataclass(slots=True)
 class Change:
     """One sequenced change: a `pgtide.sync_log` row with its `seq`.
 
@@ -51,7 +54,7 @@ class Change:
         decoded = self._decoded
         if decoded is None:
             decoded = {}
-            object.__setattr__(self, "_decoded", decoded)  # a cache: frozen otherwise
+            self._decoded = decoded
         try:
             return decoded[name]
         except KeyError:
