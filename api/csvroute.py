@@ -24,11 +24,10 @@ from api import references
 from api.csvcopy import copy_in, failed_line, with_line
 from api.csvimport import SPOOL_MEMORY, prepare
 from api.errors import ApiError
-from api.idempotency import Reply
 from api.identity import confine
-from cdc.jsontext import dumps
+from api.writes import Done
 
-Work = Callable[[psycopg.AsyncConnection[Any], str], Awaitable[Reply]]
+Work = Callable[[psycopg.AsyncConnection[Any]], Awaitable[Done]]
 Write = Callable[..., Awaitable[Response]]  # api.resources._write(request, work, body=...)
 
 
@@ -93,16 +92,17 @@ async def import_csv(request: Request, res: Any, pin: Any, write: Write) -> Resp
     finally:
         body.close()
 
-    async def work(conn: psycopg.AsyncConnection[Any], txid: str) -> Reply:
+    async def work(conn: psycopg.AsyncConnection[Any]) -> Done:
         failed = await references.first_elsewhere(conn, res, pin, records, state.registry.tenants())
         if failed is not None:
             raise with_line(failed[1], prepared.line_of(failed[0]))
         await copy_in(conn, res, prepared)
-        return Reply(201, dumps({"data": {"count": prepared.count}, "txid": txid}).encode())
+        return Done(201, {"count": prepared.count})
 
     try:
         # The key's fingerprint covers the body through its digest (the body may be 100 MiB).
-        return await write(request, work, body=b"text/csv\0" + digest)
+        # COPY has no pipeline mode: this write waits for each answer.
+        return await write(request, work, body=b"text/csv\0" + digest, pipeline=False)
     except ApiError as error:
         cause = error.__cause__
         if cause is None:

@@ -31,10 +31,11 @@ from api.openapi import openapi
 from api.paging import next_page
 from api.push import push
 from api.queries import queries
+from api.writes import Done
 from cdc.jsontext import dumps
 
 Conn = psycopg.AsyncConnection[Any]
-Work = Callable[[Conn, str], Awaitable[Reply]]
+Work = Callable[[Conn], Awaitable[Done]]
 T = TypeVar("T")
 Handler = Callable[[Request, Resource], Awaitable[Response]]
 
@@ -88,7 +89,9 @@ def _tags(header: str | None) -> list[str] | None:
     return out
 
 
-async def _write(request: Request, work: Work, *, body: bytes, deleting: bool = False) -> Response:
+async def _write(
+    request: Request, work: Work, *, body: bytes, deleting: bool = False, pipeline: bool = True
+) -> Response:
     """Run `work` in one write transaction: author and txid first, Idempotency-Key around it.
 
     Each attempt (api/transactions.py) takes its own pooled connection, so a retry
@@ -105,13 +108,17 @@ async def _write(request: Request, work: Work, *, body: bytes, deleting: bool = 
             stored = await idempotency.claim(conn, scope, key, fp, state.settings.idempotency_ttl_s)
             if stored is not None:
                 return stored.response(replayed=True)
-        txid = await writes.begin(conn, author)
-        reply = await work(conn, txid)
+        # Pipelined: the author, the write and their answers take one round trip.
+        announced = await writes.announce(conn, author)
+        done = await work(conn)
+        reply = _reply(done.status, done.data, await writes.txid_of(announced), **done.headers)
         if key is not None:
             await idempotency.remember(conn, scope, key, reply)
         return reply.response()
 
-    return await transactions.run(state.pool.connection, keyed, deleting=deleting)
+    return await transactions.run(
+        state.pool.connection, keyed, deleting=deleting, pipeline=pipeline
+    )
 
 
 async def _read_one(request: Request, read: Callable[[Conn], Awaitable[T]]) -> T:
@@ -178,20 +185,20 @@ async def create(request: Request, res: Resource) -> Response:
         for values in many:
             confine(res, values, pin)
 
-        async def create_many(conn: psycopg.AsyncConnection[Any], txid: str) -> Reply:
+        async def create_many(conn: psycopg.AsyncConnection[Any]) -> Done:
             await references.check_many(conn, res, pin, many, _tenants(request))
             rows = [s.row for s in await writes.insert_many(conn, res, many)]
-            return _reply(201, rows, txid)
+            return Done(201, rows)
 
         return await _write(request, create_many, body=raw)
     one = res.columns_of(parse(res.create, raw, _pinned_tenant(res, pin)))
     confine(res, one, pin)
 
-    async def create_one(conn: psycopg.AsyncConnection[Any], txid: str) -> Reply:
+    async def create_one(conn: psycopg.AsyncConnection[Any]) -> Done:
         await references.check(conn, res, pin, one, _tenants(request))
         made = await writes.insert(conn, res, one)
         location = f"/api/{res.name}/{quote(str(made.row[res.key]), safe='')}"
-        return _reply(201, made.row, txid, ETag=made.etag, Location=location)
+        return Done(201, made.row, {"ETag": made.etag, "Location": location})
 
     return await _write(request, create_one, body=raw)
 
@@ -209,12 +216,12 @@ async def _update(request: Request, res: Resource, *, replace: bool) -> Response
         raise ApiError(422, f"invalid {res.key}: {message}", errors=errors)
     tags = _tags(request.headers.get("if-match"))
 
-    async def update(conn: psycopg.AsyncConnection[Any], txid: str) -> Reply:
+    async def update(conn: psycopg.AsyncConnection[Any]) -> Done:
         await references.check(conn, res, pin, values, _tenants(request))
         done = await writes.update(conn, res, id, values, tags, pin, replace=replace)
         if done is None:
             raise await writes.refusal(conn, res, id, pin)
-        return _reply(200, done.row, txid, ETag=done.etag)
+        return Done(200, done.row, {"ETag": done.etag})
 
     return await _write(request, update, body=raw)
 
@@ -235,11 +242,11 @@ async def delete_row(request: Request, res: Resource) -> Response:
     pin = branch_pin(request, res, writing=True)
     tags = _tags(request.headers.get("if-match"))
 
-    async def delete(conn: psycopg.AsyncConnection[Any], txid: str) -> Reply:
+    async def delete(conn: psycopg.AsyncConnection[Any]) -> Done:
         gone = await writes.delete(conn, res, id, tags, pin)
         if gone is None:
             raise await writes.refusal(conn, res, id, pin)
-        return _reply(200, gone.row, txid)
+        return Done(200, gone.row)
 
     return await _write(request, delete, body=b"", deleting=True)
 

@@ -47,6 +47,7 @@ async def run(
     refused: Callable[[ApiError], T] | None = None,
     commit: Callable[[T], bool] = _always,
     attempts: int = ATTEMPTS,
+    pipeline: bool = False,
 ) -> T:
     """Run `work` in one transaction on a connection from `connect`; return its result.
 
@@ -58,11 +59,16 @@ async def run(
     of the input is given to `refused`, whose result is returned, or raised without
     one. An error that maps to nothing (a bug) is raised as it is. `commit` may
     decline a result (a push's conflict): its transaction is rolled back and the
-    result returned all the same.
+    result returned all the same. `pipeline`: the attempt runs in pipeline mode, so
+    statements whose answers `work` does not wait for share a round trip (BEGIN, the
+    author, the write; then COMMIT).
     """
     for attempt in range(1, attempts + 1):
         async with connect() as conn:
             try:
+                if pipeline:
+                    async with conn.pipeline():
+                        return await _once(conn, work, commit)
                 return await _once(conn, work, commit)
             except (psycopg.Error, RowFailed) as raised:
                 if isinstance(cause(raised), RETRYABLE) and attempt < attempts:

@@ -12,7 +12,7 @@ branches do not exist (404), whatever the request names.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -34,16 +34,39 @@ class Author:
     mutation_id: str | None = None
 
 
-async def begin(conn: psycopg.AsyncConnection[Any], author: Author) -> str:
-    """Record the author for this transaction's changes; return its txid (as text)."""
-    cur = await conn.execute(
+async def announce(conn: psycopg.AsyncConnection[Any], author: Author) -> psycopg.AsyncCursor[Any]:
+    """Record the author for this transaction's changes; `txid_of` reads its txid.
+
+    In pipeline mode the statement is only queued: its answer arrives with that of
+    the write that follows it, in the same round trip.
+    """
+    return await conn.execute(
         queries["begin_write"],
         {"actor": author.actor or "", "origin": author.origin or "",
          "mutation_id": author.mutation_id or ""},
     )  # fmt: skip
-    row = await cur.fetchone()
+
+
+async def txid_of(announced: psycopg.AsyncCursor[Any]) -> str:
+    """The transaction id an `announce` returned (as text)."""
+    row = await announced.fetchone()
     assert row is not None
     return str(row[3])
+
+
+async def begin(conn: psycopg.AsyncConnection[Any], author: Author) -> str:
+    """Record the author for this transaction's changes; return its txid (as text)."""
+    return await txid_of(await announce(conn, author))
+
+
+@dataclass(frozen=True)
+class Done:
+    """What a write's work answers: its status, its `data` and headers (the txid is added
+    by whoever ran the transaction, once the write's answer has come)."""
+
+    status: int
+    data: Any
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
