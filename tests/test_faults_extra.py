@@ -146,6 +146,9 @@ def kill_doomed(
             wait_for(in_state, f"the doomed writer to be {state}")
             if not quiet:
                 # Other writers' batches commit past its xid, and the sequencer keeps it open.
+                # The workload's writers may all be blocked on the hot row it holds: one
+                # message on a topic nobody follows is a commit after it that cannot block.
+                conn.execute("SELECT pgtide.publish('nudge', '{}')")
                 wait_for(lambda: beyond(conn, txid), "a batch past the doomed writer's xid")
                 assert not passed(conn, txid)
             assert in_state(), "the doomed writer ended before it was killed"
