@@ -105,7 +105,7 @@ def encode_change(c: Change, *, with_id: bool = True) -> bytes:
     """
     wire: bytes | None = getattr(c, "wire", None)
     head = f"id: {c.seq}\n" if with_id else ""
-    if wire is not None and not c.left:
+    if wire is not None:
         return b"".join((head.encode(), b"data: ", wire, b"\n\n"))
     return f"{head}data: {change_json(c)}\n\n".encode()
 

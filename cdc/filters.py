@@ -202,52 +202,59 @@ class StreamFilter:
     def selects(self, change: Change, table: str | None = None) -> bool:
         """`matches` for a change, reading its row images only when a pin or a column
         filter needs their values: most subscribers never decode a row. `table` is
-        `table_key(change)` when the caller has it already.
+        `table_key(change)` when the caller has it already (the hub's fan-out)."""
+        return self._passes(
+            change.op,
+            table_key(change) if table is None else table,
+            lambda: (change.new_row, change.old_row),
+        )
+
+    def matches(self, op: str, table: str, new: Image | None, old: Image | None) -> bool:
+        """Whether a change (or message) with these images passes this filter."""
+        return self._passes(op, table, lambda: (new, old))
+
+    def _passes(
+        self, op: str, table: str, images: Callable[[], tuple[Image | None, Image | None]]
+    ) -> bool:
+        """The one implementation of `selects` and `matches`: names first, images last.
 
         The hot path of fan-out (once per distinct filter and change): an unpinned
-        column filter is checked here with no further calls than its predicates.
+        column filter is checked with no further calls than its predicates.
         """
-        if table is None:
-            table = table_key(change)
-        op = change.op
         if op == "MESSAGE":
             if self.topics is None or table not in self.topics:
                 return False
         elif op not in self.ops or (self.tables is not None and table not in self.tables):
             return False
         if self.branch is not None:
-            return self.matches(op, table, change.new_row, change.old_row)
+            new, old = images()
+            if not self._branch_allows(op, table, new, old):
+                return False
         if not self.columns or op == "TRUNCATE" or op == "MESSAGE":
             return True
         preds = self.predicates.get(table)
         if preds is None:  # the table lacks a filtered column
             return False
-        for img in (change.new_row, change.old_row):
-            if img is None:
-                continue
-            for p in preds:
-                if not p(img):
-                    break
-            else:
-                return True
-        return False
+        new, old = images()
+        if self.branch is not None:
+            # An image counts when the subscriber would hold that row: for a pinned one, an
+            # image of another branch passing the filters does not (its view would be a row
+            # it never had).
+            return self._holds(table, new, preds) or self._holds(table, old, preds)
+        return _either(preds, new, old)
 
-    def matches(self, op: str, table: str, new: Image | None, old: Image | None) -> bool:
-        """Whether a change (or message) passes this filter."""
-        if not self._branch_allows(op, table, new, old):
-            return False
-        if op == "MESSAGE":
-            return self.topics is not None and table in self.topics
-        if op not in self.ops or (self.tables is not None and table not in self.tables):
-            return False
-        if not self.columns or op == "TRUNCATE":
+
+def _either(preds: tuple[Predicate, ...], new: Image | None, old: Image | None) -> bool:
+    """Whether either image passes every predicate (loops, not generators: a hot path)."""
+    for img in (new, old):
+        if img is None:
+            continue
+        for p in preds:
+            if not p(img):
+                break
+        else:
             return True
-        preds = self.predicates.get(table)
-        if preds is None:  # the table lacks a filtered column
-            return False
-        # An image counts when the subscriber would hold that row: for a pinned one, an image
-        # of another branch passing the filters does not (its view would be a row it never had).
-        return any(self._holds(table, img, preds) for img in (new, old))
+    return False
 
 
 def parse_list(value: str, what: str) -> list[str]:
